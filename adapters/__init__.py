@@ -1,0 +1,1 @@
+"""Platform adapters (web, Discord, Telegram, terminal). Never imports ``engine`` or torch."""

@@ -1,0 +1,185 @@
+"""Parley's settings: one typed tree, loaded once from a TOML file and ``PARLEY_*`` variables.
+
+Precedence: environment > TOML file > defaults. Nested fields use ``__`` in the environment
+(``PARLEY_ENGINE__MAX_BATCH=32``). The file is ``--config``, else ``$PARLEY_CONFIG``, else
+``parley.toml`` in the working directory when it exists. Secrets (tokens, API keys) come from
+the environment only; a secret in the file is refused so it never lands in version control.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "parley.toml"
+SECRET_FIELDS = {
+    ("web", "api_keys"),
+    ("web", "admin_token"),
+    ("discord", "token"),
+    ("telegram", "token"),
+}
+
+
+class _Section(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+
+class RedisSettings(_Section):
+    url: str | None = None
+    """``redis://host:port/db``; unset means ``parley run`` starts an embedded server."""
+    shards: int = Field(4, ge=1, le=1024)
+    max_stream_len: int = Field(10_000, ge=10)
+    """Bound of each request stream; a full stream answers "busy" at once."""
+    claim_idle_ms: int = Field(30_000, ge=100)
+    """A request pending this long on a silent consumer is reclaimed by another."""
+    max_deliveries: int = Field(3, ge=1)
+    """A request delivered more often than this goes to the dead-letter stream."""
+    reply_stream_len: int = Field(10_000, ge=100)
+    reply_stream_ttl_s: int = Field(3600, ge=10)
+
+
+class SamplingSettings(_Section):
+    """Defaults for requests that do not say, and the bounds every request is clamped to."""
+
+    temperature: float = Field(0.8, ge=0.0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0)
+    max_new_tokens: int = Field(200, ge=1)
+    max_temperature: float = Field(2.0, ge=0.0)
+    max_new_tokens_limit: int = Field(1000, ge=1)
+
+
+class EngineSettings(_Section):
+    worker_id: str | None = None
+    """Defaults to ``hostname-pid``."""
+    model: Path | None = None
+    """A checkpoint directory to serve; unset means the registry's live version, else the
+    bundled starter model."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch: int = Field(64, ge=1)
+    max_waiting: int = Field(256, ge=1)
+    """Requests held beyond the running batch; more get a "busy" reply at once."""
+    read_block_ms: int = Field(50, ge=1)
+    stream_interval_ms: int = Field(100, ge=0)
+    """How often a streaming reply sends a ``delta`` event (0 = every token)."""
+    prefill_chunk_tokens: int = Field(256, ge=16)
+    cache_bytes: int = Field(256 * 2**20, ge=0)
+    state_ttl_s: int = Field(24 * 3600, ge=1)
+    history_max_chars: int = Field(20_000, ge=100)
+    torch_threads: int = Field(0, ge=0)
+    """0 = torch's default."""
+    cuda_graphs: bool = True
+    heartbeat_s: float = Field(2.0, gt=0)
+
+
+class WebSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    adapter_id: str | None = None
+    api_keys: list[SecretStr] = []
+    """Bearer keys for the API. Environment only: ``PARLEY_WEB__API_KEYS='["k1","k2"]'``."""
+    admin_token: SecretStr | None = None
+    max_message_chars: int = Field(4000, ge=1)
+    reply_timeout_s: float = Field(120.0, gt=0)
+
+
+class TrainSettings(_Section):
+    preset: str = "default"
+    budget_s: float = Field(600.0, gt=0)
+    seed: int = 1337
+
+
+class Settings(BaseSettings):
+    """The whole settings tree. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path.home() / ".local" / "share" / "parley"
+    """Models, the conversation archive and the runtime file live here."""
+    log_level: str = "INFO"
+    redis: RedisSettings = RedisSettings()
+    sampling: SamplingSettings = SamplingSettings()
+    engine: EngineSettings = EngineSettings()
+    web: WebSettings = WebSettings()
+    train: TrainSettings = TrainSettings()
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return v.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives through init_settings; the environment wins over it.
+        return env_settings, init_settings
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.data_dir / "runtime.json"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    for section, name in SECRET_FIELDS:
+        if name in data.get(section, {}):
+            env = f"PARLEY_{section.upper()}__{name.upper()}"
+            raise ConfigError(
+                f"{path}: [{section}] {name} is a secret; set it in the environment ({env})"
+            )
+    return data
+
+
+def _describe(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        env = "PARLEY_" + "__".join(str(p).upper() for p in err["loc"])
+        lines.append(f"setting {where} ({env}): {err['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Load the settings tree once. Raises :class:`ConfigError` naming what is wrong."""
+    path = config or (Path(os.environ["PARLEY_CONFIG"]) if os.environ.get("PARLEY_CONFIG") else None)
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = Path(DEFAULT_CONFIG_FILE)
+    data = _read_toml(path) if path is not None else {}
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None

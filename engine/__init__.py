@@ -1,0 +1,1 @@
+"""Everything torch: tokenizers, models, sampling, scheduler, context cache, worker, trainer."""
