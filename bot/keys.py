@@ -28,6 +28,10 @@ ENGINES = f"{PREFIX}:engines"
 STATS = f"{PREFIX}:stats"
 """Hash of engine counters shown on the dashboard."""
 
+TRAIN_PROGRESS = f"{PREFIX}:train:progress"
+"""String: JSON progress report of the running (or last) training run, written by the trainer
+and shown on the admin dashboard (e.g. ``{"status", "step", "steps", "loss", "val_loss"}``)."""
+
 FIELD = "m"
 """The one field of every stream entry: the encoded wire message."""
 
