@@ -1,0 +1,183 @@
+"""Conversations as training text, and the engine's prompt in exactly the same layout.
+
+A conversation becomes a run of turns, each ``<role>text<|eot|>``::
+
+    <|user|>anyone up for games tonight?<|eot|><|bot|>sure, after 9<|eot|><|user|>...<|eot|>
+
+``<|user|>``, ``<|bot|>`` and ``<|eot|>`` are special tokens to the tokenizer. The end-of-turn
+token is what teaches the model to answer one turn and stop.
+
+Roles alternate by position, starting with ``<|user|>``. Training conversations are mostly
+humans talking to humans, so there is no "bot" speaker in them; what the model must learn is
+to answer as *the other side* of whoever spoke last. Labelling turns by position (first
+speaker ``user``, the reply ``bot``, the next ``user`` …) turns every human exchange into an
+example of replying, and it is the same layout the engine builds at inference, where the
+person is ``user`` and the model answers as ``bot``. :func:`format_prompt` produces that
+layout for the engine, ending in ``<|bot|>`` for the model to continue.
+
+Before that, per message: text is cleaned (:func:`clean_text`), empty messages are dropped,
+messages of opted-out authors are dropped always and the bot's own messages unless
+``include_bot`` (a model trained on its own output drifts and degrades), and consecutive
+messages by one author merge into one turn (joined by a newline). Both the training text
+and the prompt go through the same steps, so the model sees at inference exactly the layout
+it was trained on.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from engine.data.conversation import Conversation
+
+USER_TOKEN = "<|user|>"
+BOT_TOKEN = "<|bot|>"
+EOT_TOKEN = "<|eot|>"
+SPECIAL_TOKENS: tuple[str, ...] = (USER_TOKEN, BOT_TOKEN, EOT_TOKEN)
+
+Role = Literal["user", "bot"]
+ROLE_TOKENS: dict[Role, str] = {"user": USER_TOKEN, "bot": BOT_TOKEN}
+_ROLES: dict[str, Role] = {"user": "user", "bot": "bot"}
+
+# C0/C1 controls except tab and newline, lone surrogates (unencodable), the BOM and the
+# invisible zero-width space / word joiner (a message of only those would be an empty turn).
+# Zero-width (non-)joiners stay: emoji sequences and Persian spelling need them.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufeff\u200b\u2060]")
+# Anything shaped like a special token: user text must never smuggle one in, or a user
+# could end a turn or speak as the bot. Broader than SPECIAL_TOKENS on purpose.
+_MARKER = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+_LINE_BREAKS = str.maketrans({"\r": "\n", "\u2028": "\n", "\u2029": "\n", "\x85": "\n"})
+_HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
+
+
+def clean_text(text: str) -> str:
+    """Normalise one message: NFC, no control characters or token markers, tidy spaces.
+
+    Runs of spaces (tabs, NBSP, ideographic space) become one space, lines are stripped and
+    blank lines dropped, so the same message always yields the same characters whatever
+    client wrote it. Returns ``""`` for a message with nothing left.
+    """
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").translate(_LINE_BREAKS))
+    text = _CONTROL.sub("", text)
+    while True:  # removing one marker can join the halves of another: "<|<|eot|>eot|>"
+        stripped = _MARKER.sub("", text)
+        if stripped == text:
+            break
+        text = stripped
+    text = _HORIZONTAL_SPACE.sub(" ", text)
+    return "\n".join(line.strip() for line in text.split("\n") if line.strip())
+
+
+def conversation_turns(
+    conversation: Conversation,
+    *,
+    include_bot: bool = False,
+    max_turn_chars: int | None = None,
+) -> list[tuple[Role, str]]:
+    """The conversation's turns with their positional roles (see the module docstring)."""
+    merged: list[tuple[str, str]] = []  # (author, text)
+    for message in conversation.messages:
+        if message.author in conversation.opted_out_authors:
+            continue
+        if message.is_bot and not include_bot:
+            continue
+        text = clean_text(message.text)
+        if not text:
+            continue
+        if merged and merged[-1][0] == message.author:
+            merged[-1] = (message.author, f"{merged[-1][1]}\n{text}")
+        else:
+            merged.append((message.author, text))
+    return [
+        ("user" if i % 2 == 0 else "bot", _cap(text, max_turn_chars))
+        for i, (_, text) in enumerate(merged)
+    ]
+
+
+def format_turns(turns: Iterable[tuple[Role, str]]) -> str:
+    """``<role>text<|eot|>`` for each turn, concatenated. Texts must already be clean."""
+    return "".join(f"{ROLE_TOKENS[role]}{text}{EOT_TOKEN}" for role, text in turns)
+
+
+def format_conversation(
+    conversation: Conversation,
+    *,
+    include_bot: bool = False,
+    max_turn_chars: int | None = None,
+) -> str:
+    """One conversation as training text; ``""`` when no turn is left."""
+    return format_turns(
+        conversation_turns(conversation, include_bot=include_bot, max_turn_chars=max_turn_chars)
+    )
+
+
+def format_conversations(
+    conversations: Iterable[Conversation],
+    *,
+    include_bot: bool = False,
+    max_turn_chars: int | None = None,
+    min_turns: int = 1,
+) -> list[str]:
+    """Training texts of the conversations that keep at least ``min_turns`` turns.
+
+    ``min_turns=2`` keeps only conversations with at least one reply in them.
+    """
+    texts: list[str] = []
+    for conversation in conversations:
+        turns = conversation_turns(
+            conversation, include_bot=include_bot, max_turn_chars=max_turn_chars
+        )
+        if turns and len(turns) >= min_turns:
+            texts.append(format_turns(turns))
+    return texts
+
+
+def format_prompt(
+    history: Sequence[tuple[str, str]],
+    new_user_text: str,
+    *,
+    max_turn_chars: int | None = None,
+) -> str:
+    """The engine's prompt: ``history`` and the new message in the training layout + ``<|bot|>``.
+
+    ``history`` is ``(role, text)`` pairs with role ``"user"`` or ``"bot"`` (the wire
+    contract's ``Turn``). As in training: texts are cleaned, empty turns dropped, consecutive
+    turns of one role merged, and turns capped at ``max_turn_chars``. Leading bot turns are
+    dropped because training text always opens with a user turn. ``"system"`` turns are
+    dropped: the model was never trained on a system role, so there is no layout to match.
+    Raises ``ValueError`` for another role, or when ``new_user_text`` is empty once cleaned.
+    """
+    turns: list[tuple[Role, str]] = []
+    for role, text in history:
+        if role == "system":
+            continue
+        known = _ROLES.get(role)
+        if known is None:
+            raise ValueError(f"unknown role {role!r} in history (expected 'user' or 'bot')")
+        _append_merged(turns, known, clean_text(text))
+    new_text = clean_text(new_user_text)
+    if not new_text:
+        raise ValueError("the new message is empty once cleaned")
+    _append_merged(turns, "user", new_text)
+    while turns[0][0] == "bot":
+        turns.pop(0)
+    return format_turns((role, _cap(text, max_turn_chars)) for role, text in turns) + BOT_TOKEN
+
+
+def _append_merged(turns: list[tuple[Role, str]], role: Role, text: str) -> None:
+    if not text:
+        return
+    if turns and turns[-1][0] == role:
+        turns[-1] = (role, f"{turns[-1][1]}\n{text}")
+    else:
+        turns.append((role, text))
+
+
+def _cap(text: str, max_chars: int | None) -> str:
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    if max_chars < 1:
+        raise ValueError(f"max_turn_chars must be at least 1, got {max_chars}")
+    return text[:max_chars].rstrip()
