@@ -1,0 +1,188 @@
+"""The web adapter's application: the app factory, its lifecycle and its middlewares.
+
+One aiohttp application serves the chat page (:mod:`adapters.web.chat`), the OpenAI-compatible
+API (:mod:`adapters.web.openai_api`), the admin dashboard (:mod:`adapters.web.admin`) and the
+operations endpoints (:mod:`adapters.web.ops`) on one port. :func:`create_app` builds it; the
+:class:`bot.queue.ParleyClient` it sends requests through starts and closes with the app
+(``cleanup_ctx``). :func:`run_web` serves it on ``web.host:web.port`` until cancelled.
+
+Two middlewares wrap every request: one records the adapter metrics (requests by route and
+status, latency, in flight), the other turns any error that escapes a handler into a JSON
+error in OpenAI's shape on the API paths (a 404, a 405, a body over 1 MB, or a bug, which is
+logged and answered 500 without details).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from adapters.metrics import AdapterMetrics, adapter_metrics
+from adapters.web.admin import AdminRoutes, RetrainCallback, RollbackCallback
+from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, Replies, error_response
+from adapters.web.openai_api import OpenAIRoutes
+from adapters.web.ops import OpsRoutes
+from bot.queue import ParleyClient
+from bot.redis import Redis
+from bot.registry import ModelRegistry
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JSON_PATHS = ("/v1/", "/api/", "/admin/api/")
+"""Paths whose errors are answered as JSON in OpenAI's shape."""
+SHUTDOWN_TIMEOUT_S = 5.0
+
+CLIENT = web.AppKey("parley_client", ParleyClient)
+ADAPTER_ID = web.AppKey("adapter_id", str)
+
+
+def default_adapter_id() -> str:
+    return f"web-{socket.gethostname()}-{os.getpid()}"
+
+
+def _route_name(request: web.Request) -> str:
+    """The matched route's pattern (``/v1/models/{model}``), never the raw path: bounded."""
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def metrics_middleware(metrics: AdapterMetrics, adapter_id: str) -> Middleware:
+    in_flight = metrics.in_flight.labels(adapter_id)
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        in_flight.inc()
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            in_flight.dec()
+            route = _route_name(request)
+            metrics.requests.labels(adapter_id, route, str(status)).inc()
+            metrics.latency.labels(adapter_id, route).observe(time.perf_counter() - start)
+
+    return record
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors that escape a handler, as JSON on the API paths; a bug never leaks details."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return e.response()
+    except web.HTTPException as e:
+        if e.status < 400 or not request.path.startswith(JSON_PATHS):
+            raise
+        code = "request_too_large" if e.status == 413 else None
+        return error_response(e.status, e.reason, code=code)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        if not request.path.startswith(JSON_PATHS):
+            raise
+        return error_response(500, "Internal server error.", code="internal")
+
+
+def create_app(
+    settings: Settings,
+    redis: Redis,
+    *,
+    adapter_id: str,
+    registry: ModelRegistry,
+    on_retrain: RetrainCallback | None = None,
+    on_rollback: RollbackCallback | None = None,
+) -> web.Application:
+    """The web adapter's application. It owns a :class:`ParleyClient` for ``adapter_id``
+    (started and closed with the app); ``redis`` stays the caller's to close."""
+    metrics = adapter_metrics()
+    client = ParleyClient(redis, settings.redis, adapter_id)
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[metrics_middleware(metrics, adapter_id), error_middleware],
+    )
+    app[CLIENT] = client
+    app[ADAPTER_ID] = adapter_id
+
+    async def client_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await client.start()
+        log.info("web adapter %s started", adapter_id)
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app.cleanup_ctx.append(client_lifecycle)
+    replies = Replies(
+        client, adapter_id=adapter_id, timeout_s=settings.web.reply_timeout_s, metrics=metrics
+    )
+
+    async def live_version() -> str | None:
+        return await registry.live_version(redis)
+
+    ChatRoutes(replies, max_message_chars=settings.web.max_message_chars).setup(app)
+    OpenAIRoutes(
+        replies,
+        api_keys=settings.web.api_keys,
+        live_version=live_version,
+        max_message_chars=settings.web.max_message_chars,
+    ).setup(app)
+    AdminRoutes(
+        redis,
+        registry,
+        token=settings.web.admin_token,
+        shards=settings.redis.shards,
+        on_retrain=on_retrain,
+        on_rollback=on_rollback,
+    ).setup(app)
+    OpsRoutes(redis).setup(app)
+    return app
+
+
+async def run_web(
+    settings: Settings,
+    redis: Redis,
+    *,
+    adapter_id: str | None = None,
+    registry: ModelRegistry | None = None,
+    on_retrain: RetrainCallback | None = None,
+    on_rollback: RollbackCallback | None = None,
+) -> None:
+    """Serve the web adapter on ``web.host:web.port`` until cancelled, then shut down cleanly.
+
+    ``adapter_id`` defaults to ``web.adapter_id``, else ``web-<host>-<pid>``; ``registry`` to
+    the registry in ``settings.models_dir``. A port that cannot be bound raises ``OSError``.
+    """
+    app = create_app(
+        settings,
+        redis,
+        adapter_id=adapter_id or settings.web.adapter_id or default_adapter_id(),
+        registry=registry or ModelRegistry(settings.models_dir),
+        on_retrain=on_retrain,
+        on_rollback=on_rollback,
+    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.web.host, settings.web.port)
+        await site.start()
+        log.info("web adapter serving on %s", ", ".join(map(str, runner.addresses)))
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
