@@ -1,0 +1,116 @@
+"""Model configuration and the named presets.
+
+One frozen :class:`ModelConfig` covers both architectures; fields one architecture does not
+use keep their defaults and are ignored by it. A preset leaves ``vocab_size`` at 0 because the
+vocabulary is only known once the tokenizer is trained: use :func:`preset_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bot.errors import ModelError
+
+Arch = Literal["gru", "gpt"]
+Norm = Literal["layernorm", "rmsnorm"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    arch: Arch
+    vocab_size: int = 0
+    """0 in a preset: filled in from the tokenizer by :func:`preset_config`."""
+    n_embd: int
+    """Embedding width (GRU: the input embedding; GPT: the residual stream)."""
+    n_layer: int = 1
+    n_hidden: int = 0
+    """GRU units per layer (GRU only)."""
+    n_head: int = 1
+    """Attention heads (GPT only); must divide ``n_embd``."""
+    block_size: int = 256
+    """GPT: the context window (``max_context``). GRU: the training sequence length only."""
+    dropout: float = 0.0
+    norm: Norm = "rmsnorm"
+    bias: bool = False
+    rope_theta: float = 10_000.0
+    attn_sinks: int = 4
+    """GPT: first tokens whose KV stays in the cache when the window slides (StreamingLLM)."""
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ModelError("invalid model config: " + "; ".join(problems))
+
+    def _problems(self) -> Iterator[str]:
+        if self.arch not in ("gru", "gpt"):
+            yield f"arch must be 'gru' or 'gpt', not {self.arch!r}"
+        if self.vocab_size < 0 or self.n_embd < 1 or self.n_layer < 1:
+            yield "vocab_size >= 0, n_embd >= 1 and n_layer >= 1 are required"
+        if not 0.0 <= self.dropout < 1.0:
+            yield f"dropout must be in [0, 1), not {self.dropout}"
+        if self.block_size < 1:
+            yield "block_size must be >= 1"
+        if self.arch == "gru" and self.n_hidden < 1:
+            yield "a GRU needs n_hidden >= 1"
+        if self.arch == "gpt":
+            if self.n_head < 1 or self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+                yield "n_head must divide n_embd into an even head size (RoPE rotates pairs)"
+            if not 0 <= self.attn_sinks <= self.block_size // 2:
+                yield "attn_sinks must be in [0, block_size // 2]"
+            if self.norm not in ("layernorm", "rmsnorm"):
+                yield f"norm must be 'layernorm' or 'rmsnorm', not {self.norm!r}"
+
+    def with_vocab(self, vocab_size: int) -> ModelConfig:
+        return dataclasses.replace(self, vocab_size=vocab_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"invalid model config: unknown fields {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as e:  # a required field is missing
+            raise ModelError(f"invalid model config: {e}") from e
+
+
+# Sizes are chosen for what each preset is for; the comments say what that is.
+PRESETS: dict[str, ModelConfig] = {
+    # The classic char-RNN recipe Parley grew from: embedding 256, one GRU of 1024 units.
+    "seed": ModelConfig(arch="gru", n_embd=256, n_hidden=1024, n_layer=1, block_size=100),
+    # Trains in minutes on a laptop CPU; a smoke test with real text.
+    "gru-small": ModelConfig(arch="gru", n_embd=128, n_hidden=256, n_layer=1, block_size=128),
+    # The default GRU: ~2.5M params, trains on a 2-core CPU in an evening.
+    "gru": ModelConfig(
+        arch="gru", n_embd=256, n_hidden=512, n_layer=2, block_size=256, dropout=0.1
+    ),
+    "gru-large": ModelConfig(
+        arch="gru", n_embd=512, n_hidden=1024, n_layer=3, block_size=256, dropout=0.1
+    ),
+    # Tests and first tries.
+    "gpt-tiny": ModelConfig(arch="gpt", n_embd=128, n_layer=2, n_head=4, block_size=128),
+    "gpt-small": ModelConfig(
+        arch="gpt", n_embd=256, n_layer=4, n_head=4, block_size=256, dropout=0.1
+    ),
+    # The default: ~10M params (+ embeddings), fine on a CPU, fast on any GPU.
+    "gpt": ModelConfig(arch="gpt", n_embd=384, n_layer=6, n_head=6, block_size=256, dropout=0.1),
+    # GPT-2 small's shape (~85M non-embedding params): wants a GPU and a lot of chat.
+    "gpt-base": ModelConfig(arch="gpt", n_embd=768, n_layer=12, n_head=12, block_size=1024),
+}
+DEFAULT_PRESET = "gpt"
+"""What the preset name ``"default"`` (the settings' default) resolves to."""
+
+
+def preset_config(name: str, vocab_size: int) -> ModelConfig:
+    """The preset called ``name`` (or ``"default"``), sized for a ``vocab_size`` vocabulary."""
+    resolved = DEFAULT_PRESET if name == "default" else name
+    if resolved not in PRESETS:
+        raise ModelError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[resolved].with_vocab(vocab_size)
