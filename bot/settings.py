@@ -172,13 +172,21 @@ def _describe(e: ValidationError) -> str:
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Load the settings tree once. Raises :class:`ConfigError` naming what is wrong."""
+    if os.environ.get("PARLEY_REDIS_URL") and not os.environ.get("PARLEY_REDIS__URL"):
+        # The short name the README uses; the nested form is what pydantic-settings reads.
+        overrides.setdefault("redis", {})
+        data_redis_url = os.environ["PARLEY_REDIS_URL"]
+    else:
+        data_redis_url = None
     path = config or (Path(os.environ["PARLEY_CONFIG"]) if os.environ.get("PARLEY_CONFIG") else None)
     if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
         path = Path(DEFAULT_CONFIG_FILE)
     data = _read_toml(path) if path is not None else {}
     for key, value in overrides.items():
-        if value is not None:
+        if value is not None and value != {}:
             data[key] = value
+    if data_redis_url:
+        data.setdefault("redis", {})["url"] = data_redis_url
     try:
         return Settings(**data)
     except ValidationError as e:

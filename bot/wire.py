@@ -179,3 +179,19 @@ def decode_exchange(data: bytes) -> Exchange:
 def is_final(event: ReplyEvent) -> bool:
     """Whether ``event`` ends its request's reply."""
     return not isinstance(event, Delta)
+
+
+_turn_decoder = msgspec.msgpack.Decoder(Turn)
+
+
+def encode_turn(turn: Turn) -> bytes:
+    """Encode one stored conversation turn (the history lists in Redis hold these)."""
+    return _encoder.encode(turn)
+
+
+def decode_turn(data: bytes) -> Turn:
+    """Decode a stored turn, or raise :class:`WireError`."""
+    try:
+        return _turn_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise WireError(f"malformed stored turn: {e}") from e

@@ -1,0 +1,88 @@
+"""``parley run``: all of Parley in one process, for one machine and for a first try.
+
+Starts, in order: an embedded Redis-compatible server when no Redis URL is configured, an
+engine worker, and the web adapter; writes the runtime file that ``parley chat`` reads; and
+on SIGINT/SIGTERM stops taking requests, lets the engine drain, and stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+
+import click
+
+from bot.embedded import EmbeddedRedis
+from bot.redis import connect
+from bot.runtime import RuntimeInfo, runtime_file, stop_event_on_signals
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_all(settings: Settings, *, web: bool = True) -> None:
+    """Run the whole system until a signal arrives or a service fails."""
+    stop = stop_event_on_signals()
+    # Imported here: bot/ is the composition root but must not pull torch in at import time.
+    engine_service = importlib.import_module("engine.service")
+    web_app = importlib.import_module("adapters.web.app") if web else None
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.redis.url
+        if url is None:
+            url = await stack.enter_async_context(EmbeddedRedis(settings.data_dir / "redis"))
+        redis = await connect(url)
+        stack.push_async_callback(redis.aclose)
+        ready = asyncio.Event()
+        tasks = [
+            asyncio.create_task(
+                engine_service.serve(settings, redis, stop, ready=ready), name="engine"
+            )
+        ]
+        await _wait_ready(ready, tasks[0])
+        web_url = None
+        if web_app is not None:
+            tasks.append(asyncio.create_task(web_app.run_web(settings, redis, stop), name="web"))
+            web_url = f"http://{settings.web.host}:{settings.web.port}"
+        info = RuntimeInfo(pid=os.getpid(), redis_url=url, web_url=web_url)
+        with runtime_file(settings.runtime_file, info):
+            if web_url:
+                log.info("Parley is up: chat at %s  (or run `parley chat`)", web_url)
+            await _until_stopped(stop, tasks)
+
+
+async def _wait_ready(ready: asyncio.Event, engine: asyncio.Task[None]) -> None:
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({waiter, engine}, return_when=asyncio.FIRST_COMPLETED)
+    if engine.done():
+        waiter.cancel()
+        engine.result()  # re-raises the start-up error
+        raise RuntimeError("the engine stopped during start-up")
+
+
+async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()  # one service ending (or failing) stops them all
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    stopper.cancel()
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("%s failed", task.get_name(), exc_info=result)
+            raise result
+
+
+@click.command("run")
+@click.option("--no-web", is_flag=True, help="Do not start the web adapter.")
+@click.option("--port", type=int, default=None, help="Web port (default: web.port, 8080).")
+@click.pass_obj
+def run_command(settings: Settings, no_web: bool, port: int | None) -> None:
+    """Run all of Parley in one process: embedded Redis (unless PARLEY_REDIS_URL is set),
+    one engine worker and the web chat on http://127.0.0.1:8080."""
+    from bot.cli import run_async
+
+    if port is not None:
+        settings = settings.model_copy(update={"web": settings.web.model_copy(update={"port": port})})
+    run_async(run_all(settings, web=not no_web))

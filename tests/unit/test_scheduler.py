@@ -1,0 +1,198 @@
+"""The scheduler without Redis: batching, caching, spilling, swapping, isolation."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from bot.queue.items import Delivery
+from bot.settings import EngineSettings, SamplingSettings
+from bot.wire import ChatRequest, ControlRequest, Sampling, Turn
+from engine.cache import deserialize_entry
+from engine.scheduler import Scheduler
+from engine.work import Applied, Control, Finished, Output, Progress, Spill, Work
+
+from .engine_fixtures import tiny_checkpoint
+
+GREEDY = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
+
+
+def make_work(conv: str, text: str, history: tuple[Turn, ...] = (), *, rid: str | None = None,
+              sampling: Sampling = GREEDY, spilled: bytes | None = None,
+              client_history: bool = False) -> Work:
+    request = ChatRequest(
+        id=rid or f"{conv}-{text}", conversation=conv, reply_to="test", text=text,
+        sampling=sampling, history=history if client_history else None,
+    )
+    return Work(Delivery(0, "0-1", request), request, history, spilled, 0.0)
+
+
+def make_scheduler(ckpt, **engine: object) -> Scheduler:
+    settings = EngineSettings(**{"stream_interval_ms": 0, "prefill_chunk_tokens": 16, **engine})
+    return Scheduler(ckpt, settings, SamplingSettings(), ckpt.model.device)
+
+
+def run_all(s: Scheduler, items: list[Work | Control], max_steps: int = 2000) -> list[Output]:
+    for item in items:
+        s.submit(item)
+    outputs: list[Output] = []
+    want = len(items)
+    for _ in range(max_steps):
+        s.step_once()
+        outputs.extend(s._outputs)
+        s._outputs = []
+        if sum(isinstance(o, (Finished, Applied)) for o in outputs) >= want:
+            return outputs
+    raise AssertionError("scheduler did not finish")
+
+
+def replies(outputs: list[Output]) -> dict[str, str]:
+    return {o.work.request.id: o.done.text for o in outputs if isinstance(o, Finished)}
+
+
+@pytest.fixture(params=["gru", "gpt"])
+def ckpt(request: pytest.FixtureRequest, tmp_path: Path):
+    return tiny_checkpoint(tmp_path / request.param, request.param)
+
+
+def test_batched_greedy_equals_unbatched(ckpt) -> None:
+    texts = ["hello", "what did you do this weekend? tell me everything", "你好", "hi"]
+    works = [make_work(f"c{i}", t) for i, t in enumerate(texts)]
+    batched = replies(run_all(make_scheduler(ckpt), list(works)))
+    for w in works:
+        alone = replies(run_all(make_scheduler(ckpt), [w]))
+        assert alone[w.request.id] == batched[w.request.id]
+
+
+def first_nonempty(s: Scheduler) -> tuple[Work, str]:
+    """An opening whose (untrained, greedy) reply is not empty, so the history has two turns."""
+    for seed in range(20):
+        sampling = Sampling(temperature=1.0, seed=seed, max_new_tokens=12)
+        work = make_work("c", "hello", rid=f"first-{seed}", sampling=sampling)
+        reply = replies(run_all(s, [work]))[work.request.id]
+        if reply:
+            return work, reply
+    raise AssertionError("every opening got an empty reply")
+
+
+def test_followup_from_cache_equals_recompute(ckpt) -> None:
+    s = make_scheduler(ckpt)
+    first, reply = first_nonempty(s)
+    history = (Turn("user", first.request.text), Turn("bot", reply))
+    follow = make_work("c", "and you?", history)
+    hits = s._cache.hits
+    cached = replies(run_all(s, [follow]))[follow.request.id]
+    assert s._cache.hits == hits + 1
+    fresh = make_scheduler(ckpt)
+    recomputed = replies(run_all(fresh, [follow]))[follow.request.id]
+    assert fresh._cache.hits == 0
+    assert cached == recomputed
+
+
+def test_spilled_state_restores_and_matches(ckpt) -> None:
+    first, reply = first_nonempty(make_scheduler(ckpt))
+    s = make_scheduler(ckpt, cache_bytes=0)  # every finished state is evicted at once
+    out = run_all(s, [first])
+    spills = [o for o in out if isinstance(o, Spill)]
+    assert len(spills) == 1 and spills[0].conversation == "c"
+    entry = deserialize_entry(spills[0].data, ckpt.model.state_from_tensors)
+    assert entry is not None and entry.version == ckpt.version
+    history = (Turn("user", first.request.text), Turn("bot", reply))
+    s2 = make_scheduler(ckpt)
+    follow = make_work("c", "and you?", history, spilled=spills[0].data)
+    restored = replies(run_all(s2, [follow]))
+    assert s2._cache.hits == 1
+    recomputed = replies(run_all(make_scheduler(ckpt), [make_work("c", "and you?", history)]))
+    assert restored == recomputed
+
+
+def test_client_history_must_be_a_prefix(ckpt) -> None:
+    """API clients send the whole conversation; a different history is never served from cache."""
+    first, reply = first_nonempty(make_scheduler(ckpt))
+    first = make_work("c", first.request.text, sampling=first.request.sampling, client_history=True)
+    s = make_scheduler(ckpt)
+    run_all(s, [first])
+    edited = (Turn("user", first.request.text), Turn("bot", "something else entirely"))
+    run_all(s, [make_work("c", "again", edited, client_history=True)])
+    assert s._cache.hits == 0
+    same = (Turn("user", first.request.text), Turn("bot", reply))
+    s2 = make_scheduler(ckpt)
+    run_all(s2, [first])
+    run_all(s2, [make_work("c", "again", same, client_history=True)])
+    assert s2._cache.hits == 1
+
+
+def test_state_never_crosses_conversations(ckpt) -> None:
+    """Randomised: interleaved conversations give the replies each gets alone."""
+    rng = random.Random(7)
+    words = ["hi", "hello there", "weekend?", "你好", "how are you", "music"]
+    convs = {f"c{i}": [rng.choice(words) for _ in range(3)] for i in range(6)}
+    mixed = make_scheduler(ckpt)
+    histories: dict[str, tuple[Turn, ...]] = {c: () for c in convs}
+    for turn in range(3):
+        batch = [make_work(c, msgs[turn], histories[c], rid=f"{c}-{turn}") for c, msgs in convs.items()]
+        rng.shuffle(batch)
+        got = replies(run_all(mixed, list(batch)))
+        for w in batch:
+            conv = w.request.conversation
+            alone = make_scheduler(ckpt)
+            expect = replies(run_all(alone, [w]))[w.request.id]
+            assert got[w.request.id] == expect
+            histories[conv] += (Turn("user", w.request.text), Turn("bot", got[w.request.id]))
+
+
+def test_streams_progress_then_finishes(ckpt) -> None:
+    s = make_scheduler(ckpt)
+    w = make_work("c", "hello", sampling=Sampling(temperature=1.0, seed=3, max_new_tokens=20))
+    out = run_all(s, [w])
+    text = "".join(o.text for o in out if isinstance(o, Progress))
+    done = replies(out)[w.request.id]
+    assert done.startswith(text)
+
+
+def test_seeded_sampling_is_reproducible(ckpt) -> None:
+    sampling = Sampling(temperature=1.0, seed=42, max_new_tokens=15)
+    a = replies(run_all(make_scheduler(ckpt), [make_work("c", "hi", sampling=sampling)]))
+    b = replies(run_all(make_scheduler(ckpt), [make_work("c", "hi", sampling=sampling)]))
+    assert a == b
+
+
+def test_reset_drops_cached_state(ckpt) -> None:
+    s = make_scheduler(ckpt)
+    run_all(s, [make_work("c", "hello")])
+    control = ControlRequest(id="r", conversation="c", reply_to="test", command="reset")
+    out = run_all(s, [Control(Delivery(0, "0-2", control), control)])
+    assert any(isinstance(o, Applied) for o in out)
+    assert s._cache.pop("c") is None
+
+
+def test_hot_swap_loses_no_request(ckpt, tmp_path: Path) -> None:
+    s = make_scheduler(ckpt)
+    works = [make_work(f"c{i}", "hello there", rid=f"r{i}") for i in range(6)]
+    for w in works[:3]:
+        s.submit(w)
+    for _ in range(3):
+        s.step_once()
+    new = tiny_checkpoint(tmp_path / "v2", ckpt.config.arch, seed=1)
+    s.swap(new)
+    outputs = list(s._outputs)
+    s._outputs = []
+    outputs += run_all(s, works[3:])
+    for _ in range(200):
+        s.step_once()
+        outputs.extend(s._outputs)
+        s._outputs = []
+    done = [o for o in outputs if isinstance(o, Finished)]
+    assert sorted(o.work.request.id for o in done) == [f"r{i}" for i in range(6)]
+    assert {o.done.model_version for o in done if o.work.request.id in {"r3", "r4", "r5"}} == {"v2"}
+
+
+def test_empty_message_is_a_clear_error(ckpt) -> None:
+    s = make_scheduler(ckpt)
+    s.submit(make_work("c", "   "))
+    for _ in range(5):
+        s.step_once()
+    failed = [o for o in s._outputs if o.__class__.__name__ == "Failed"]
+    assert failed and failed[0].error.code == "bad_request"
