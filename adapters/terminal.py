@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import sys
 import time
 import uuid
@@ -75,6 +76,8 @@ async def _scripted_reply(events: AsyncIterator[ReplyEvent]) -> bool:
 
 
 async def run_chat(settings: Settings, *, conversation: str | None, timeout_s: float) -> None:
+    if settings.log_level != "DEBUG":  # the conversation owns the terminal; keep logs quiet
+        logging.getLogger().setLevel(logging.WARNING)
     redis = await connect(find_redis_url(settings))
     user = getpass.getuser()
     conversation_key = f"terminal:{conversation or user}:{user}"

@@ -12,6 +12,8 @@ import contextlib
 import importlib
 import logging
 import os
+from collections.abc import Coroutine
+from typing import Any
 
 import click
 
@@ -44,13 +46,26 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
         await _wait_ready(ready, tasks[0])
         web_url = None
         if web_app is not None:
-            tasks.append(asyncio.create_task(web_app.run_web(settings, redis, stop), name="web"))
+            serving = web_app.run_web(settings, redis)
+            tasks.append(asyncio.create_task(_until_cancelled(serving, stop), name="web"))
             web_url = f"http://{settings.web.host}:{settings.web.port}"
         info = RuntimeInfo(pid=os.getpid(), redis_url=url, web_url=web_url)
         with runtime_file(settings.runtime_file, info):
             if web_url:
                 log.info("Parley is up: chat at %s  (or run `parley chat`)", web_url)
             await _until_stopped(stop, tasks)
+
+
+async def _until_cancelled(service: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run a serve-until-cancelled coroutine until ``stop``; its own failure propagates."""
+    task = asyncio.create_task(service)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _wait_ready(ready: asyncio.Event, engine: asyncio.Task[None]) -> None:

@@ -82,6 +82,11 @@ class ContextCache:
             self._bytes -= evicted.nbytes
             self._on_evict(key, evicted)
 
+    def drop_where(self, predicate: Callable[[str], bool]) -> None:
+        """Drop (without spilling) every entry whose conversation key matches."""
+        for key in [k for k in self._entries if predicate(k)]:
+            self.pop(key)
+
     def clear(self) -> None:
         """Drop everything (a model swap makes every state meaningless)."""
         self._entries.clear()

@@ -161,8 +161,11 @@ class Scheduler:
                 return
 
     def _apply_control(self, control: Control) -> None:
-        conv = control.request.conversation
-        self._cache.pop(conv)
+        req = control.request
+        self._cache.pop(req.conversation)
+        if req.command == "forget" and req.user:
+            # Conversation keys end in the user id (platform:chat:user).
+            self._cache.drop_where(lambda conv: conv.endswith(f":{req.user}"))
         # A spilled copy in Redis is deleted by the worker along with the history.
         self._outputs.append(Applied(control, _CONTROL_MESSAGES[control.request.command]))
 

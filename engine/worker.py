@@ -167,7 +167,7 @@ class EngineWorker:
 
     async def _write(self, outputs: Sequence[Output]) -> None:
         items: list[Outgoing] = []
-        histories: list[tuple[str, Turn, Turn]] = []
+        histories: list[tuple[str, str, Turn, Turn]] = []
         spills: list[Spill] = []
         finished: list[Delivery] = []
         for out in outputs:
@@ -177,7 +177,7 @@ class EngineWorker:
                 items.append(self._finished_out(out))
                 req = out.work.request
                 histories.append(
-                    (req.conversation, Turn("user", req.text), Turn("bot", out.done.text))
+                    (req.conversation, req.user, Turn("user", req.text), Turn("bot", out.done.text))
                 )
                 finished.append(out.work.delivery)
                 self._log_request(out)
@@ -187,6 +187,7 @@ class EngineWorker:
                 finished.append(d)
             elif isinstance(out, Applied):
                 d = out.control.delivery
+                await self._apply_control(out.control)
                 items.append(self._done_out(d, out.message))
                 finished.append(d)
             else:
@@ -197,16 +198,36 @@ class EngineWorker:
         for d in finished:
             await self._release(d)
 
-    async def _store(self, histories: Sequence[tuple[str, Turn, Turn]], spills: Sequence[Spill]) -> None:
+    async def _store(
+        self, histories: Sequence[tuple[str, str, Turn, Turn]], spills: Sequence[Spill]
+    ) -> None:
         ttl_s = self._settings.engine.state_ttl_s
         pipe = self._redis.pipeline(transaction=False)
-        for conv, user_turn, bot_turn in histories:
+        for conv, user, user_turn, bot_turn in histories:
+            if user:
+                pipe.sadd(keys.user_conversations(user), conv)
+                pipe.expire(keys.user_conversations(user), ttl_s)
             key = keys.history(conv)
             pipe.rpush(key, wire.encode_turn(user_turn), wire.encode_turn(bot_turn))
             pipe.ltrim(key, -HISTORY_MAX_TURNS, -1)
             pipe.expire(key, ttl_s)
         for spill in spills:
             pipe.set(keys.state(spill.conversation), spill.data, ex=ttl_s)
+        await pipe.execute()
+
+    async def _apply_control(self, control: Control) -> None:
+        """Delete what Redis holds for a reset conversation, or for a forgotten user."""
+        req = control.request
+        conversations = {req.conversation}
+        if req.command == "forget" and req.user:
+            members = await self._redis.smembers(keys.user_conversations(req.user))
+            conversations |= {m.decode() if isinstance(m, bytes) else m for m in members}
+        pipe = self._redis.pipeline(transaction=True)
+        for conv in conversations:
+            pipe.delete(keys.history(conv), keys.state(conv))
+        if req.command == "forget" and req.user:
+            pipe.delete(keys.user_conversations(req.user))
+            pipe.sadd(keys.opted_out(), req.user)  # kept out of training from now on
         await pipe.execute()
 
     async def _release(self, delivery: Delivery) -> None:
