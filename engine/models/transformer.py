@@ -158,7 +158,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        y: Tensor = self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+        return y
 
 
 class Block(nn.Module):
@@ -272,7 +273,8 @@ class GPT(LanguageModel):
     def _logits(self, x: Tensor, last_only: bool) -> Tensor:
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        logits: Tensor = self.lm_head(self.ln_f(x))  # (B, T, V)
+        return logits
 
     # ------------------------------------------------------------------------- the cache
 
@@ -312,12 +314,12 @@ class GPT(LanguageModel):
         log.debug("kv cache: row %d slid its window, %d -> %d entries", b, n, keep)
 
     def empty_state(self, batch_size: int) -> KVState:
-        shape = (batch_size, self.config.n_head, 0, self.head_dim)
-        kw = {"device": self.device, "dtype": self.dtype}
+        shape = (batch_size, self.config.n_head, 0, self.head_dim)  # (B, nh, S=0, hd)
+        empty = torch.zeros(shape, device=self.device, dtype=self.dtype)
         L = self.config.n_layer
         return KVState(
-            k=[torch.zeros(shape, **kw) for _ in range(L)],  # type: ignore[arg-type]
-            v=[torch.zeros(shape, **kw) for _ in range(L)],  # type: ignore[arg-type]
+            k=[empty.clone() for _ in range(L)],
+            v=[empty.clone() for _ in range(L)],
             lengths=[0] * batch_size,
             consumed=[0] * batch_size,
         )
@@ -336,8 +338,7 @@ class GPT(LanguageModel):
         L, nh, hd = self.config.n_layer, self.config.n_head, self.head_dim
         lengths = [0 if s is None else s.k.shape[2] for s in states]
         S = max(lengths, default=0)
-        kw = {"device": self.device, "dtype": self.dtype}
-        empty = torch.zeros(L, nh, 0, hd, **kw)  # type: ignore[arg-type]
+        empty = torch.zeros(L, nh, 0, hd, device=self.device, dtype=self.dtype)
 
         def padded(t: Tensor) -> Tensor:
             return F.pad(t, (0, 0, 0, S - t.shape[2]))  # (L, nh, S, hd), right-padded
