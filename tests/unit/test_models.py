@@ -130,12 +130,13 @@ def test_batched_greedy_equals_unbatched_for_ragged_prompts(model: LanguageModel
 
 @torch.no_grad()
 def test_fresh_row_in_a_merged_batch_equals_a_fresh_start(model: LanguageModel) -> None:
-    prompt = tokens(1, 5)
+    prompt, follow_up = tokens(1, 5), tokens(1, 5, seed=6)
     _, old = model(tokens(1, 9, seed=5), None)
-    state = model.merge_states([model.split_state(old)[0], None])
-    batched, _ = model(torch.cat([tokens(1, 5, seed=6), prompt]), state)
-    alone, _ = model(prompt, None)
-    torch.testing.assert_close(batched[1:], alone, atol=ATOL, rtol=0)
+    history = model.split_state(old)[0]
+    batched, _ = model(torch.cat([follow_up, prompt]), model.merge_states([history, None]))
+    fresh, _ = model(prompt, None)
+    continued, _ = model(follow_up, model.merge_states([history]))
+    torch.testing.assert_close(batched, torch.cat([continued, fresh]), atol=ATOL, rtol=0)
 
 
 @torch.no_grad()
