@@ -1,0 +1,222 @@
+"""How good a model is: held-out loss in nats/token and bits/char, and how its replies read.
+
+Bits per character (``total nats / ln 2 / characters``) is the number that compares a
+character model with a BPE one: a BPE token covers ~3.6 characters, so its loss per token is
+naturally higher. Loss alone cannot tell fluent nonsense from language, so we also sample
+replies to fixed prompts (temperature 0.8, in the engine's prompt layout, stopping at
+``<|eot|>``) and measure ``word_validity`` (share of their words that occur in the training
+text) and ``distinct_2`` (share of distinct word bigrams: low means the model repeats itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.data import distinct_n, format_prompt, word_validity
+from engine.models import LanguageModel
+from engine.sampling import logits_to_probs, sample
+from engine.tokenizer import Tokenizer
+from engine.train.data import TokenSplit, chars_per_token, eval_windows
+
+PROMPTS: tuple[str, ...] = (
+    "hi! how are you?",
+    "what did you do this weekend?",
+    "do you like music?",
+    "what's your favorite food?",
+    "any plans for tonight?",
+    "i just got back from the gym",
+    "have you seen any good movies lately?",
+    "what do you do for work?",
+    "i'm so tired today",
+    "where would you like to travel?",
+    "do you have any pets?",
+    "what are you studying?",
+)
+"""The fixed prompts every evaluation samples replies to."""
+
+
+@dataclass(frozen=True)
+class LossReport:
+    loss: float  # mean nats per predicted token
+    bpc: float  # bits per character of the text those tokens encode
+    tokens: int  # targets evaluated
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    val_loss: float
+    val_bpc: float
+    val_tokens: int
+    word_validity: float
+    distinct_2: float
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------ precision
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` ("auto", "bf16", "fp32") on ``device``.
+
+    "auto" is bf16 on CUDA, and on CPUs with native bf16 dot products (AVX512-BF16 / AMX),
+    where oneDNN's bf16 matmuls run several times faster than fp32 ones; fp32 elsewhere.
+    Weights, optimizer state and the loss stay fp32 either way.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_bf16() else None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------- loss
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: LanguageModel,
+    split: TokenSplit,
+    *,
+    batch_size: int = 32,
+    max_windows: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> LossReport:
+    """Loss over the split in windows of the model's ``block_size``, each from a fresh state.
+
+    Without ``max_windows`` every token after the first is scored and bpc is exact; with it, a
+    fixed subset is scored and bpc uses the split's average characters per token.
+    """
+    device = model.device
+    tokens = torch.from_numpy(split.tokens)
+    windows, tail = eval_windows(tokens, model.config.block_size, max_windows)
+    was_training = model.training
+    model.eval()
+    total_nats, n_targets = 0.0, 0
+    for batch in _batches(windows, tail, batch_size):
+        batch = batch.to(device)
+        with autocast(device, amp_dtype):
+            logits, _ = model(batch[:, :-1])  # (B, T, V)
+        nats = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+        total_nats += float(nats)
+        n_targets += batch[:, 1:].numel()
+    model.train(was_training)
+    if n_targets == 0:
+        raise ValueError("nothing to evaluate: the validation split is empty")
+    covered_all = n_targets >= len(split) - 1
+    n_chars = split.n_chars if covered_all else n_targets * chars_per_token(split)
+    return LossReport(total_nats / n_targets, total_nats / math.log(2) / n_chars, n_targets)
+
+
+def _batches(windows: Tensor, tail: Tensor | None, batch_size: int) -> Iterator[Tensor]:
+    for start in range(0, windows.shape[0], batch_size):
+        yield windows[start : start + batch_size]
+    if tail is not None:
+        yield tail
+
+
+# ------------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def sample_replies(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    *,
+    n: int = 1,
+    temperature: float = 0.8,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+) -> list[str]:
+    """``n`` replies to one user message, generated as one batch, each ending at ``<|eot|>``.
+
+    The model runs in its own dtype, as the engine runs it (no autocast: a KV cache must
+    keep one dtype from prefill to the last decode step).
+    """
+    device, eot = model.device, tokenizer.eot_id
+    ids = tokenizer.encode(format_prompt([], prompt))
+    prompt_ids = torch.tensor([ids] * n, device=device)  # (n, P): same prompt in every row
+    generators = [torch.Generator().manual_seed(seed * 7919 + i) for i in range(n)]
+    t = torch.full((n,), temperature)
+    top_k, top_p = torch.zeros(n, dtype=torch.long), torch.ones(n)
+    was_training = model.training
+    model.eval()
+    logits, state = model(prompt_ids, None, last_only=True)  # (n, 1, V)
+    replies: list[list[int]] = [[] for _ in range(n)]
+    finished = [False] * n
+    for _ in range(max_new_tokens):
+        probs = logits_to_probs(logits[:, -1].float().cpu(), t, top_k, top_p)  # (n, V)
+        nxt = sample(probs, generators)  # (n,)
+        for row, token in enumerate(nxt.tolist()):
+            finished[row] = finished[row] or token == eot
+            if not finished[row]:
+                replies[row].append(token)
+        if all(finished):
+            break
+        logits, state = model(nxt[:, None].to(device), state, last_only=True)
+    model.train(was_training)
+    return [tokenizer.decode(r) for r in replies]
+
+
+def evaluate_samples(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    vocabulary: set[str],
+    *,
+    prompts: Sequence[str] = PROMPTS,
+    per_prompt: int = 4,
+    seed: int = 0,
+) -> tuple[float, float, list[dict[str, str]]]:
+    """(word_validity, distinct_2, one sample per prompt) over ``per_prompt`` replies each."""
+    replies: list[str] = []
+    shown: list[dict[str, str]] = []
+    for i, prompt in enumerate(prompts):
+        got = sample_replies(model, tokenizer, prompt, n=per_prompt, seed=seed + i)
+        replies.extend(got)
+        shown.append({"prompt": prompt, "reply": got[0]})
+    return word_validity(replies, vocabulary), distinct_n(replies, 2), shown
+
+
+def evaluate_model(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    val: TokenSplit,
+    vocabulary: set[str],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    samples_per_prompt: int = 4,
+) -> EvalReport:
+    """The full report ``parley eval`` prints and the trainer stores in metrics.json."""
+    loss = evaluate_loss(model, val, amp_dtype=amp_dtype)
+    validity, distinct, samples = evaluate_samples(
+        model, tokenizer, vocabulary, per_prompt=samples_per_prompt, seed=seed
+    )
+    return EvalReport(loss.loss, loss.bpc, loss.tokens, validity, distinct, samples)

@@ -1,0 +1,56 @@
+"""The trainer on a tiny model: it learns, and saves a checkpoint the engine loads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.checkpoint import load_checkpoint
+from engine.models.config import PRESETS
+from engine.train.cli import run_training
+from engine.train.evaluate import sample_replies
+from engine.train.loop import STATE_DIR, find_state
+from tests.unit.test_train_helpers import (
+    TINY,
+    TINY_PRESET,
+    tiny_config,
+    tiny_options,
+    write_corpus,
+)
+
+
+@pytest.fixture(autouse=True)
+def tiny_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(PRESETS, TINY_PRESET, TINY)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "chats.jsonl")
+
+
+def test_twenty_steps_lower_the_loss_and_write_a_loadable_checkpoint(
+    tmp_path: Path, corpus: Path
+) -> None:
+    result = run_training(tiny_options(tmp_path, corpus), tiny_config())
+    val = result.metrics["history"]["val"]
+    assert result.metrics["steps"] == 20
+    assert val[-1][1] < val[0][1] - 0.3  # nats/token
+    out = result.checkpoint
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "loss.png"):
+        assert (out / name).is_file(), name
+    assert not (out / STATE_DIR).exists()  # a finished run leaves no resume state
+    ckpt = load_checkpoint(out)
+    assert ckpt.preset == TINY_PRESET and ckpt.metrics["val_bpc"] > 0
+    assert ckpt.provenance["seed"] == 3 and ckpt.provenance["data"] == [str(corpus)]
+    replies = sample_replies(ckpt.model, ckpt.tokenizer, "hi there", n=2, max_new_tokens=20)
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+
+
+def test_the_compiled_loss_trains_too(tmp_path: Path, corpus: Path) -> None:
+    cfg = tiny_config(max_steps=6, eval_interval=6, compile_loss=True)
+    result = run_training(tiny_options(tmp_path, corpus), cfg)
+    assert result.metrics["steps"] == 6
