@@ -71,3 +71,24 @@ def user_conversations(user: str) -> str:
 def opted_out() -> str:
     """Set of users who asked to be forgotten and kept out of training."""
     return f"{PREFIX}:optout"
+
+
+# --- Queue internals (bot/queue) -------------------------------------------------------------
+
+DEAD_REASON_FIELD = "reason"
+"""Dead-letter entry field: why the entry was dead-lettered."""
+
+DEAD_ID_FIELD = "id"
+"""Dead-letter entry field: the entry's id in its request stream."""
+
+DEAD_DELIVERIES_FIELD = "deliveries"
+"""Dead-letter entry field: how often the entry had been delivered."""
+
+
+def shard_lease(shard: int) -> str:
+    """String: id of the engine worker holding ``shard``, with a PX expiry it keeps renewing."""
+    return f"{PREFIX}:lease:{{{shard}}}"
+
+
+LEASE_OWNERS = f"{PREFIX}:lease:workers"
+"""Hash: worker id -> time (ms) of its last lease renewal; workers share shards among these."""

@@ -1,0 +1,349 @@
+"""The adapter's side of the queue: submit requests, receive their reply events.
+
+One :class:`ParleyClient` per adapter process. Two background tasks do all Redis work, so
+many requests in flight cost two coroutines, not two per request:
+
+- the *submitter* takes every request submitted since its last round trip and appends them
+  in one pipeline (one bounded-append script call per shard), so throughput grows with load
+  and a lone request waits for no batch;
+- the *reader* blocks on the adapter's reply stream and routes each event to the mailbox of
+  its request, dropping duplicates by ``(request_id, seq)`` (delivery is at-least-once
+  upstream) and events of requests this process does not know (it restarted).
+
+A request stream is bounded by ``max_stream_len``: the check and the append happen in one
+Lua script, so a full stream refuses the request at once (:class:`QueueFull`) instead of
+trimming an older one away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from bot import keys, wire
+from bot.errors import QueueError, QueueFull, WireError
+from bot.queue._replies import stream_entries
+from bot.queue.tasks import cancel_and_wait
+from bot.redis import Redis
+from bot.settings import RedisSettings
+from bot.wire import ChatRequest, ControlRequest, Error, ReplyEvent
+
+log = logging.getLogger(__name__)
+
+BUSY_MESSAGE = "Parley is busy right now — please try again in a moment."
+UNAVAILABLE_MESSAGE = "Parley is not answering right now — please try again later."
+CLOSED_MESSAGE = "Parley is restarting — please try again in a moment."
+
+READ_COUNT = 1024
+"""Most reply events taken per XREAD."""
+READ_BLOCK_MS = 2_000
+"""How long one XREAD waits; short enough that a closed client notices soon."""
+RETRY_MIN_S = 0.05
+RETRY_MAX_S = 5.0
+
+_FIELD = keys.FIELD.encode()
+
+# KEYS[1]: a request stream. ARGV[1]: its bound, ARGV[2]: the entry field, ARGV[3..]: payloads.
+# Appends payloads in order while the stream is below its bound; returns how many it appended.
+# Check and append run as one script, so concurrent adapters cannot overfill the stream.
+_BOUNDED_XADD = """
+local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
+local added = 0
+for i = 3, #ARGV do
+  if added >= room then break end
+  redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[i])
+  added = added + 1
+end
+return added
+"""
+
+
+@dataclass(slots=True)
+class _Outbound:
+    """A request waiting for the submitter's next round trip."""
+
+    stream: str
+    payload: bytes
+    done: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Mailbox:
+    """Events of one request in flight, in arrival order, with the seqs already seen."""
+
+    events: deque[ReplyEvent] = field(default_factory=deque)
+    seen: set[int] = field(default_factory=set)
+    waiter: asyncio.Future[None] | None = None
+    last_seq: int = -1
+
+    def put(self, event: ReplyEvent) -> None:
+        self.events.append(event)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self, timeout_s: float | None) -> ReplyEvent:
+        """The next event; ``TimeoutError`` when none comes within ``timeout_s``."""
+        while not self.events:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self.waiter
+            finally:
+                self.waiter = None
+        return self.events.popleft()
+
+
+class ParleyClient:
+    """Submits requests to the engines and streams back their replies.
+
+    ``redis`` must return bytes (:func:`bot.redis.connect` makes such a client); the caller
+    owns it and closes it after :meth:`close`.
+    """
+
+    def __init__(self, redis: Redis, settings: RedisSettings, adapter_id: str) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.adapter_id = adapter_id
+        self.reply_key = keys.reply_stream(adapter_id)
+        self._script = redis.register_script(_BOUNDED_XADD)
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._outbox: list[_Outbound] = []
+        self._outbox_ready = asyncio.Event()
+        self._last_id = b"0-0"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reader_ok = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Find where the reply stream ends and start the submitter and the reader.
+
+        Raises :class:`QueueError` when Redis cannot be reached.
+        """
+        if self._tasks:
+            return
+        self._last_id = await self._stream_end()
+        self._reader_ok = True
+        self._tasks = [
+            asyncio.create_task(self._submit_loop(), name=f"parley-submit-{self.adapter_id}"),
+            asyncio.create_task(self._read_loop(), name=f"parley-replies-{self.adapter_id}"),
+        ]
+        log.info("queue client %s started, reading %s", self.adapter_id, self.reply_key)
+
+    async def close(self) -> None:
+        """Stop the background tasks; requests still waiting end with an ``unavailable`` error."""
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
+        outbox, self._outbox = self._outbox, []
+        for item in outbox:
+            if not item.done.done():
+                item.done.set_exception(QueueError("the queue client was closed"))
+        for request_id, box in list(self._mailboxes.items()):
+            box.put(
+                Error(
+                    request_id=request_id,
+                    seq=box.last_seq + 1,
+                    code="unavailable",
+                    message=CLOSED_MESSAGE,
+                )
+            )
+        self._mailboxes.clear()
+
+    async def __aenter__(self) -> ParleyClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def healthy(self) -> bool:
+        """Started, and the reader's last Redis call succeeded (for readiness checks)."""
+        return bool(self._tasks) and self._reader_ok
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted through :meth:`stream` still waiting for their final event."""
+        return len(self._mailboxes)
+
+    # -- submitting --------------------------------------------------------------------------
+
+    async def submit(self, request: ChatRequest | ControlRequest) -> None:
+        """Append ``request`` to its shard's request stream.
+
+        Raises :class:`QueueFull` when that stream is at its bound (nothing was appended) and
+        :class:`QueueError` when Redis fails.
+        """
+        if not self._tasks:
+            raise QueueError("ParleyClient is not started; use `async with` or await start()")
+        shard = keys.shard_for(request.conversation, self.settings.shards)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append(_Outbound(keys.request_stream(shard), wire.encode(request), done))
+        self._outbox_ready.set()
+        await done
+
+    async def _submit_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, []
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch: list[_Outbound]) -> None:
+        """Append ``batch`` in one round trip and settle every submitter's future."""
+        by_stream: dict[str, list[_Outbound]] = {}
+        for item in batch:
+            by_stream.setdefault(item.stream, []).append(item)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, items in by_stream.items():
+                    args: list[Any] = [self.settings.max_stream_len, keys.FIELD]
+                    args.extend(item.payload for item in items)
+                    await self._script(keys=[stream], args=args, client=pipe)
+                added_counts = await pipe.execute()
+        except Exception as e:  # settle every future whatever failed; the loop goes on
+            error = QueueError(f"could not enqueue {len(batch)} request(s): {e}")
+            error.__cause__ = e
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(error)
+            return
+        for items, added in zip(by_stream.values(), added_counts, strict=True):
+            for i, item in enumerate(items):
+                if item.done.done():  # the submitter was cancelled
+                    continue
+                if i < added:
+                    item.done.set_result(None)
+                else:
+                    item.done.set_exception(QueueFull(f"{item.stream} is full"))
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def stream(
+        self, request: ChatRequest | ControlRequest, *, timeout_s: float | None = None
+    ) -> AsyncIterator[ReplyEvent]:
+        """Submit ``request`` and yield its reply events, ending after the final one.
+
+        A full queue yields one ``Error(code="busy")``; no event for ``timeout_s`` yields
+        ``Error(code="unavailable")``. Redis failures while submitting raise
+        :class:`QueueError`. A request whose id is already in flight raises
+        :class:`QueueError` (the platform delivered the same message twice).
+        """
+        box = self._open_mailbox(request.id)
+        try:
+            try:
+                await self.submit(request)
+            except QueueFull:
+                yield Error(request_id=request.id, seq=0, code="busy", message=BUSY_MESSAGE)
+                return
+            while True:
+                try:
+                    event = await box.get(timeout_s)
+                except TimeoutError:
+                    log.warning("request %s: no reply event for %.1f s", request.id, timeout_s)
+                    yield Error(
+                        request_id=request.id,
+                        seq=box.last_seq + 1,
+                        code="unavailable",
+                        message=UNAVAILABLE_MESSAGE,
+                    )
+                    return
+                yield event
+                if wire.is_final(event):
+                    return
+        finally:
+            if self._mailboxes.get(request.id) is box:
+                del self._mailboxes[request.id]
+
+    async def reply(
+        self, request: ChatRequest | ControlRequest, *, timeout_s: float | None = None
+    ) -> ReplyEvent:
+        """Submit ``request`` and return only its final event (``Done`` or ``Error``)."""
+        final: ReplyEvent | None = None
+        async for event in self.stream(request, timeout_s=timeout_s):
+            final = event
+        assert final is not None and wire.is_final(final)
+        return final
+
+    def _open_mailbox(self, request_id: str) -> _Mailbox:
+        if request_id in self._mailboxes:
+            raise QueueError(f"request {request_id} is already in flight")
+        box = _Mailbox()
+        self._mailboxes[request_id] = box
+        return box
+
+    async def _stream_end(self) -> bytes:
+        """The id of the reply stream's last entry, so reading starts after it."""
+        try:
+            last = await self.redis.xrevrange(self.reply_key, count=1)
+        except (RedisError, OSError) as e:
+            raise QueueError(f"cannot read {self.reply_key}: {e}") from e
+        entry_id = last[0][0] if last else None
+        if entry_id is None:
+            return b"0-0"
+        return entry_id.encode() if isinstance(entry_id, str) else entry_id
+
+    async def _read_loop(self) -> None:
+        """Read the reply stream forever; Redis errors are retried with backoff."""
+        backoff_s = RETRY_MIN_S
+        while True:
+            try:
+                response = await self.redis.xread(
+                    {self.reply_key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+            except (RedisError, OSError) as e:
+                self._reader_ok = False
+                log.warning(
+                    "reading %s failed (%s); retrying in %.2f s", self.reply_key, e, backoff_s
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, RETRY_MAX_S)
+                continue
+            except Exception:  # never die silently: log, back off, go on
+                self._reader_ok = False
+                log.exception("unexpected error reading %s", self.reply_key)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, RETRY_MAX_S)
+                continue
+            self._reader_ok = True
+            backoff_s = RETRY_MIN_S
+            for _stream, entries in stream_entries(response):
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    self._route(entry_id, fields or {})
+
+    def _route(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Put one reply-stream entry into its request's mailbox, or drop it."""
+        try:
+            event = wire.decode_event(fields.get(_FIELD, b""))
+        except WireError as e:
+            log.warning("dropping reply entry %r on %s: %s", entry_id, self.reply_key, e)
+            return
+        box = self._mailboxes.get(event.request_id)
+        if box is None:
+            log.debug(
+                "dropping %s event for unknown request %s", type(event).__name__, event.request_id
+            )
+            return
+        if event.seq in box.seen:
+            log.debug("dropping duplicate event %s/%d", event.request_id, event.seq)
+            return
+        box.seen.add(event.seq)
+        box.last_seq = max(box.last_seq, event.seq)
+        box.put(event)
+        if wire.is_final(event):
+            # Later copies of this request's events are now "unknown" and dropped.
+            del self._mailboxes[event.request_id]

@@ -1,0 +1,78 @@
+"""The engine's side of replies: events, log entries and acknowledgements in one transaction.
+
+A request is acknowledged only together with its final reply event: :meth:`ReplyWriter.write`
+sends every event, exchange and ack of a batch as one MULTI/EXEC, so a crash leaves either
+all of it or none of it (and an unacknowledged request is reclaimed by another worker; the
+adapter drops the events it has already seen by ``(request_id, seq)``).
+
+Acknowledged requests are also deleted from their stream (XACK + XDEL), so a request stream's
+length is its backlog, which is what the adapter's bound (``max_stream_len``) measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from bot import keys, wire
+from bot.errors import QueueError
+from bot.queue.items import Outgoing
+from bot.redis import Redis
+from bot.settings import RedisSettings
+
+LOG_STREAM_LEN = 100_000
+"""Approximate bound of the conversation log stream (the trainer drains it)."""
+
+
+class ReplyWriter:
+    """Writes batches of :class:`Outgoing` in one round trip each."""
+
+    def __init__(
+        self, redis: Redis, settings: RedisSettings, *, log_stream_len: int = LOG_STREAM_LEN
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.log_stream_len = log_stream_len
+
+    async def write(self, items: Sequence[Outgoing]) -> None:
+        """Append every event and exchange of ``items`` and acknowledge their deliveries,
+        all in one transaction. Raises :class:`QueueError` when Redis fails (then nothing
+        was written, and the deliveries stay pending)."""
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._queue(pipe, items)
+            try:
+                await pipe.execute()
+            except (RedisError, OSError) as e:
+                raise QueueError(f"could not write {len(items)} reply item(s): {e}") from e
+
+    def _queue(self, pipe: Pipeline, items: Sequence[Outgoing]) -> None:
+        reply_len = self.settings.reply_stream_len
+        touched: set[str] = set()
+        acks: dict[int, list[str]] = {}
+        for item in items:
+            stream = keys.reply_stream(item.reply_to)
+            touched.add(stream)
+            for event in item.events:
+                pipe.xadd(
+                    stream, {keys.FIELD: wire.encode(event)}, maxlen=reply_len, approximate=True
+                )
+            if item.exchange is not None:
+                pipe.xadd(
+                    keys.LOG_STREAM,
+                    {keys.FIELD: wire.encode(item.exchange)},
+                    maxlen=self.log_stream_len,
+                    approximate=True,
+                )
+            if item.ack is not None:
+                acks.setdefault(item.ack.shard, []).append(item.ack.entry_id)
+        # A dead adapter's reply stream expires instead of growing forever.
+        for stream in touched:
+            pipe.expire(stream, self.settings.reply_stream_ttl_s)
+        for shard, entry_ids in acks.items():
+            request_stream = keys.request_stream(shard)
+            pipe.xack(request_stream, keys.ENGINE_GROUP, *entry_ids)
+            pipe.xdel(request_stream, *entry_ids)

@@ -1,0 +1,74 @@
+"""Connections to Redis: one factory, one health check, errors translated to :class:`QueueError`.
+
+Every Parley process gets its client from :func:`connect`, so every client is configured the
+same way: raw bytes (wire messages are MessagePack, never text), no socket read timeout
+(blocking stream reads would trip it) but a bounded connect timeout, and an answer to PING
+before the caller gets it, so a wrong URL fails at start-up with a message that says what
+to fix rather than on the first message.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.errors import QueueError
+
+Redis = aioredis.Redis
+"""The client type every queue class takes (``redis.asyncio.Redis`` with bytes replies)."""
+
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+async def connect(url: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> Redis:
+    """A client for ``url`` that has answered PING, or :class:`QueueError` saying why not.
+
+    The client returns bytes (``decode_responses=False``), which the queue classes rely on.
+    """
+    try:
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=connect_timeout_s,
+            socket_keepalive=True,
+        )
+    except (ValueError, RedisError) as e:
+        raise QueueError(
+            f"invalid Redis URL {redact(url)!r}: {e} (expected redis://host:port/db)"
+        ) from e
+    try:
+        await client.ping()
+    except (RedisError, OSError) as e:
+        await client.aclose()
+        raise QueueError(
+            f"cannot reach Redis at {redact(url)}: {e}. Start redis-server there, fix "
+            "PARLEY_REDIS__URL, or unset it to let `parley run` start an embedded server."
+        ) from e
+    return client
+
+
+async def ping(redis: Redis) -> float:
+    """Round trip of one PING in milliseconds; :class:`QueueError` when Redis does not answer."""
+    start = time.perf_counter()
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as e:
+        raise QueueError(f"Redis did not answer PING: {e}") from e
+    return (time.perf_counter() - start) * 1000.0
