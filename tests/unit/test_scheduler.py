@@ -13,8 +13,7 @@ from bot.wire import ChatRequest, ControlRequest, Sampling, Turn
 from engine.cache import deserialize_entry
 from engine.scheduler import Scheduler
 from engine.work import Applied, Control, Finished, Output, Progress, Spill, Work
-
-from .engine_fixtures import tiny_checkpoint
+from tests.unit.engine_fixtures import tiny_checkpoint
 
 GREEDY = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
 
