@@ -2,15 +2,22 @@
 
 The scheduler runs in the torch thread. Each loop iteration::
 
-    take new work -> apply a pending model swap -> admit waiting sequences
-      -> prefill one chunk of prompt tokens -> one decode step for every decoding row
-      -> emit outputs (progress at the stream interval, finished, spills)
+    take new work -> apply a pending model swap -> admit waiting requests (FIFO)
+      -> one prefill pass (a chunk of every prefilling prompt) -> one decode step for every
+      decoding row -> emit outputs (progress at the stream interval, finished, spills)
 
-A prompt is prefilled in chunks of ``prefill_chunk_tokens`` so a long one cannot stall the
-decoding rows. The batch state is rebuilt (split + merge) only when its members change.
-A hot swap loads the new model into a fresh :class:`_Slot`; sequences already running
-finish on the model they started with, new ones start on the new one, and the old slot is
-dropped when it empties — no request is lost and no reply switches model halfway.
+Model state lives in slot batches sized before the first request (:mod:`engine.graphs`). An
+admitted request copies its cached state (if any) into a row of its model's
+:class:`PrefillBatch`; each pass feeds every prefilling row a chunk of its prompt, the chunks
+together about ``prefill_chunk_tokens`` long so a long prompt cannot stall the decoding rows.
+A finished prompt moves its row into the :class:`DecodeBatch`, and a finished reply leaves it
+(the last row moves into its place): joins and leaves cost O(that row), never O(batch), and a
+step costs nothing per row in Python beyond reading its sampled token.
+
+A hot swap loads the new model into a fresh :class:`_Model` with its own batch; sequences
+already decoding finish on the model they started with, new ones start on the new one, and
+the old model is dropped when it empties — no request is lost and no reply switches model
+halfway.
 """
 
 from __future__ import annotations
@@ -30,14 +37,39 @@ from bot.wire import Done, Error, FinishReason
 from engine.cache import CacheEntry, ContextCache, deserialize_entry, serialize_entry
 from engine.checkpoint import Checkpoint
 from engine.data.formatting import clean_text
-from engine.models import SeqState, State
+from engine.graphs import DecodeBatch, PrefillBatch, SlotBatch, serving_copy
+from engine.metrics import EngineMetrics
+from engine.models import SeqState
 from engine.prompt import build_prompt
-from engine.sampler import SamplingParams, sample_next
+from engine.sampler import RowSampler, SamplingParams, sample_next
 from engine.work import Applied, Control, Failed, Finished, Output, Progress, Spill, Stats, Work
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05
+MIN_PREFILL_CHUNK = 16
+"""The smallest chunk a prefill pass feeds a row: passes hold prefill_chunk_tokens / 16 rows."""
+STOP_TAIL_TOKENS_PER_CHAR = 4
+"""A stop string of m characters lies within the last 4m tokens (a token is >= 1 byte)."""
+
+
+@dataclass(eq=False)
+class _Model:
+    """A loaded model with its own decode batch (two exist only during a hot swap)."""
+
+    checkpoint: Checkpoint
+    prefill: PrefillBatch
+    decode: DecodeBatch
+    sampler: RowSampler
+    """The decode rows' sampling state, row for row."""
+    prefilling: list[_Sequence] = field(default_factory=list)
+    """``prefilling[i]`` feeds its prompt in row i of ``prefill``."""
+    rows: list[_Sequence] = field(default_factory=list)
+    """``rows[i]`` decodes in row i of ``decode``."""
+
+    @property
+    def version(self) -> str:
+        return self.checkpoint.version
 
 
 @dataclass(eq=False)
@@ -45,41 +77,35 @@ class _Sequence:
     """One request being answered."""
 
     work: Work
-    slot: _Slot
+    model: _Model
     params: SamplingParams
     prompt_text: str
     pending: list[int]
-    state: SeqState | None
+    """Prompt tokens still to prefill."""
     prompt_tokens: int
+    cached_tokens: int
+    eot_id: int
     started_s: float = field(default_factory=time.monotonic)
     first_token_s: float | None = None
     generated: list[int] = field(default_factory=list)
-    next_token: int | None = None
     emitted_chars: int = 0
     last_emit_s: float = 0.0
     finish_reason: FinishReason | None = None
+    row: int = -1
+    """Its row in its model's prefill batch, then in its decode batch."""
 
     @property
     def conversation(self) -> str:
         return self.work.request.conversation
 
 
-@dataclass(eq=False)
-class _Slot:
-    """A loaded model with its own decode batch (two exist only during a hot swap)."""
-
-    checkpoint: Checkpoint
-    decoding: list[_Sequence] = field(default_factory=list)
-    batch: list[_Sequence] = field(default_factory=list)
-    batch_state: State | None = None
-
-    @property
-    def version(self) -> str:
-        return self.checkpoint.version
-
-
 class Scheduler:
-    """Turns :class:`Work` into outputs, batching every running sequence into one step."""
+    """Turns :class:`Work` into outputs, batching every running sequence into one step.
+
+    ``decode_dtype`` overrides the dtype decode steps run in (e.g. bf16 on a CPU with native
+    bf16 dot products; prefill stays in the model's dtype). ``ignore_eot`` never samples
+    end-of-turn, for benchmarks that need replies of a fixed length.
+    """
 
     def __init__(
         self,
@@ -87,20 +113,40 @@ class Scheduler:
         engine: EngineSettings,
         sampling: SamplingSettings,
         device: torch.device,
+        *,
+        metrics: EngineMetrics | None = None,
+        decode_dtype: torch.dtype | None = None,
+        ignore_eot: bool = False,
     ) -> None:
         self._engine = engine
         self._sampling = sampling
         self._device = device
+        self._decode_dtype = decode_dtype
+        self._ignore_eot = ignore_eot
+        self._interval_s = engine.stream_interval_ms / 1000
         self._inbox: queue.SimpleQueue[Work | Control] = queue.SimpleQueue()
         self._swap_lock = threading.Lock()
         self._pending_swap: Checkpoint | None = None
-        self._slot = _Slot(checkpoint)
-        self._old_slots: list[_Slot] = []
+        self._model = self._load(checkpoint)
+        self._old_models: list[_Model] = []
         self._waiting: deque[Work] = deque()
-        self._prefilling: deque[_Sequence] = deque()
         self._outputs: list[Output] = []
         self._cache = ContextCache(engine.cache_bytes, self._spill)
+        self.metrics = metrics or EngineMetrics(checkpoint.preset)
         self.stats = Stats(model_version=checkpoint.version)
+
+    def _load(self, checkpoint: Checkpoint) -> _Model:
+        model, max_batch = checkpoint.model, self._engine.max_batch
+        decoder = serving_copy(model, self._decode_dtype)
+        prefill_rows = min(max_batch, self._engine.prefill_chunk_tokens // MIN_PREFILL_CHUNK)
+        cuda_graphs = self._engine.cuda_graphs and self._device.type == "cuda"
+        banned = [checkpoint.tokenizer.eot_id] if self._ignore_eot else []
+        return _Model(
+            checkpoint,
+            prefill=PrefillBatch(model, decoder, prefill_rows),
+            decode=DecodeBatch(model, decoder, max_batch, cuda_graphs=cuda_graphs),
+            sampler=RowSampler(max_batch, model.device, banned),
+        )
 
     # -- called from the event loop (thread-safe) ----------------------------------------
 
@@ -115,7 +161,7 @@ class Scheduler:
     # -- the torch thread ----------------------------------------------------------------
 
     def run(self, emit: Callable[[list[Output]], None], stop: threading.Event) -> None:
-        with torch.inference_mode():
+        try:
             while not stop.is_set():
                 try:
                     self.step_once()
@@ -125,25 +171,29 @@ class Scheduler:
                 if self._outputs:
                     emit(self._outputs)
                     self._outputs = []
+        finally:
+            self.metrics.close()
 
     def step_once(self) -> None:
         """One scheduling iteration (public for tests that drive the scheduler directly)."""
         self._take_inbox(block=not self._busy)
-        self._apply_swap()
-        self._admit()
-        self._prefill_chunk()
-        for slot in (*self._old_slots, self._slot):
-            self._decode_step(slot)
-        self._old_slots = [s for s in self._old_slots if s.decoding]
+        with torch.inference_mode():
+            self._apply_swap()
+            self._admit()
+            self._prefill_pass()
+            for model in (*self._old_models, self._model):
+                self._decode_step(model)
+        self._old_models = [m for m in self._old_models if m.rows]
         self._update_stats()
 
     @property
     def _busy(self) -> bool:
-        return bool(self._waiting or self._prefilling or self._running)
+        return bool(self._waiting or self._running)
 
     @property
     def _running(self) -> int:
-        return sum(len(s.decoding) for s in (*self._old_slots, self._slot)) + len(self._prefilling)
+        decoding = sum(len(m.rows) for m in (*self._old_models, self._model))
+        return decoding + len(self._model.prefilling)
 
     def _take_inbox(self, block: bool) -> None:
         try:
@@ -174,181 +224,224 @@ class Scheduler:
             checkpoint, self._pending_swap = self._pending_swap, None
         if checkpoint is None:
             return
-        if self._slot.decoding or self._prefilling:
-            self._old_slots.append(self._slot)
+        old = self._model
+        if old.rows:
+            self._old_models.append(old)
         # Sequences still prefilling restart on the new model: nothing was generated yet.
-        restarted = [s.work for s in self._prefilling]
-        self._prefilling.clear()
-        self._waiting.extendleft(reversed(restarted))
-        self._slot = _Slot(checkpoint)
+        self._waiting.extendleft(reversed([s.work for s in old.prefilling]))
+        old.prefilling.clear()
+        old.prefill.clear()
+        self._model = self._load(checkpoint)
         self._cache.clear()  # state from the old model means nothing to the new one
         log.info("swapped to model %s", checkpoint.version)
 
     # -- admission and prefill -----------------------------------------------------------
 
     def _admit(self) -> None:
-        while self._waiting and self._running < self._engine.max_batch:
+        m = self._model
+        while (
+            self._waiting
+            and self._running < self._engine.max_batch
+            and m.prefill.n < m.prefill.max_rows
+        ):
             work = self._waiting.popleft()
             try:
-                self._prefilling.append(self._start(work))
+                seq = self._start(work)
             except ValueError as e:  # the message itself is unusable (e.g. empty once cleaned)
                 self._fail(work, "bad_request", f"Can't answer that: {e}.")
+                continue
             except Exception:
                 log.exception("could not start request %s", work.request.id)
                 self._fail(work, "internal", "Something went wrong reading this message.")
+                continue
+            if work.received_s:
+                self.metrics.queued(max(0.0, seq.started_s - work.received_s))
 
     def _start(self, work: Work) -> _Sequence:
-        slot = self._slot
-        ckpt = slot.checkpoint
+        model = self._model
+        ckpt = model.checkpoint
         params = SamplingParams.from_request(work.request.sampling, self._sampling)
         prompt = build_prompt(work.history, work.request.text, self._engine.history_max_chars)
         entry = self._cache.pop(work.request.conversation)
         if entry is None and work.spilled_state is not None:
             entry = deserialize_entry(work.spilled_state, ckpt.model.state_from_tensors)
         stored = work.request.history is None  # stored history is trimmed at the front
-        match = self._cache.match(entry, slot.version, prompt.full, prompt.history if stored else None)
-        if match is not None:
-            text, state, feed_text = prompt.full, match.state, match.remainder
-        else:
-            text, state, feed_text = prompt.truncated, None, prompt.truncated
-        pending = ckpt.tokenizer.encode(feed_text)
-        pending = self._fit_context(pending, state, params.max_new_tokens, slot)
-        return _Sequence(
-            work=work, slot=slot, params=params, prompt_text=text, pending=pending,
-            state=state, prompt_tokens=len(pending),
+        match = self._cache.match(
+            entry, model.version, prompt.full, prompt.history if stored else None
         )
+        pending = ckpt.tokenizer.encode(match.remainder) if match is not None else []
+        if match is not None and pending:
+            text, cached = prompt.full, match.state
+        else:  # a miss (or, never in practice, nothing new to feed): recompute
+            text, cached = prompt.truncated, None
+            pending = ckpt.tokenizer.encode(prompt.truncated)
+        pending = self._fit_context(pending, cached, params.max_new_tokens, model)
+        cached_tokens = 0 if cached is None else cached.length
+        self.metrics.cache_query_tokens(cached_tokens, len(pending))
+        seq = _Sequence(
+            work=work,
+            model=model,
+            params=params,
+            prompt_text=text,
+            pending=pending,
+            prompt_tokens=len(pending),
+            cached_tokens=cached_tokens,
+            eot_id=ckpt.tokenizer.eot_id,
+        )
+        seq.row = model.prefill.join(cached)  # copies the cached state into the row
+        model.prefilling.append(seq)
+        return seq
 
     @staticmethod
     def _fit_context(
-        pending: list[int], state: SeqState | None, max_new: int, slot: _Slot
+        pending: list[int], state: SeqState | None, max_new: int, model: _Model
     ) -> list[int]:
         """Keep a fresh prompt within a bounded model's window (the newest tokens win)."""
-        limit = slot.checkpoint.model.max_context
+        limit = model.checkpoint.model.max_context
         if limit is None or state is not None:
             return pending  # unbounded, or the model's own sliding window handles it
-        keep = max(1, limit - min(max_new, limit // 2))
+        # Leave room for a quarter window of reply before the window first has to slide.
+        keep = max(1, limit - min(max_new, limit // 4))
         return pending[-keep:]
 
-    def _prefill_chunk(self) -> None:
-        """Feed up to one chunk of prompt tokens of the oldest prefilling sequence."""
-        if not self._prefilling:
+    def _prefill_pass(self) -> None:
+        """Feed every prefilling row a chunk of its prompt; finished prompts start decoding."""
+        m = self._model
+        seqs = m.prefilling
+        if not seqs:
             return
-        seq = self._prefilling[0]
-        model = seq.slot.checkpoint.model
-        chunk, seq.pending = (
-            seq.pending[: self._engine.prefill_chunk_tokens],
-            seq.pending[self._engine.prefill_chunk_tokens :],
+        size = max(MIN_PREFILL_CHUNK, self._engine.prefill_chunk_tokens // len(seqs))
+        limit = m.checkpoint.model.max_context
+        if limit is not None:
+            size = min(size, limit // 2)  # a window model takes at most half a window at once
+        chunks = [s.pending[:size] for s in seqs]
+        for s in seqs:
+            s.pending = s.pending[size:]
+        logits = m.prefill.feed(chunks)  # (p, V)
+        done = [s for s in seqs if not s.pending]
+        if not done:
+            return
+        banned = [m.checkpoint.tokenizer.eot_id] if self._ignore_eot else []
+        firsts = sample_next(
+            logits[[s.row for s in done]], [s.params for s in done], [[]] * len(done), banned
         )
-        tokens = torch.tensor([chunk], dtype=torch.long, device=self._device)  # (1, T)
-        logits, state = model(tokens, model.merge_states([seq.state]), last_only=True)
-        seq.state = model.split_state(state)[0]
-        if seq.pending:
-            return
-        self._prefilling.popleft()
-        token = self._sample([seq], logits[:, -1])[0]
-        self._accept(seq, token)
-        if seq.finish_reason is None:
-            seq.slot.decoding.append(seq)
-        else:
-            self._finish(seq)
+        self.metrics.generated(len(done))
+        self.stats.tokens_generated += len(done)
+        now = time.monotonic()
+        for seq, token in zip(done, firsts, strict=True):
+            self.metrics.prompt(seq.prompt_tokens)
+            if self._accept(seq, token, now):
+                state = m.prefill.state(seq.row)
+                _remove_row(m.prefill, m.prefilling, seq)
+                self._finish(seq, state)
+            else:
+                raw = m.prefill.raw_state(seq.row)
+                _remove_row(m.prefill, m.prefilling, seq)
+                self._join(seq, raw)
 
     # -- decoding ------------------------------------------------------------------------
 
-    def _decode_step(self, slot: _Slot) -> None:
-        if not slot.decoding:
+    def _join(self, seq: _Sequence, raw_state: object) -> None:
+        """``seq`` decodes from now on: copy its state into a free row of its model's batch."""
+        m = seq.model
+        seq.row = m.decode.join(raw_state, seq.generated[-1])
+        m.sampler.join(seq.row, seq.params, seq.generated)
+        m.rows.append(seq)
+
+    def _leave(self, seq: _Sequence) -> SeqState | None:
+        """Free ``seq``'s decode row; its state if the context cache will want it."""
+        m = seq.model
+        row = seq.row
+        state = m.decode.state(row) if m is self._model else None
+        moved_from = _remove_row(m.decode, m.rows, seq)
+        if moved_from is not None:
+            m.sampler.move(moved_from, row)
+        return state
+
+    def _decode_step(self, m: _Model) -> None:
+        if not m.rows:
             return
-        model = slot.checkpoint.model
-        self._rebatch(slot)
-        tokens = torch.tensor(
-            [[s.next_token] for s in slot.batch], dtype=torch.long, device=self._device
-        )  # (B, 1)
-        logits, slot.batch_state = model(tokens, slot.batch_state, last_only=True)
-        next_tokens = self._sample(slot.batch, logits[:, -1])
-        finished = []
-        for seq, token in zip(slot.batch, next_tokens, strict=True):
-            self._accept(seq, token)
-            if seq.finish_reason is not None:
-                finished.append(seq)
-        if finished:
-            states = model.split_state(slot.batch_state)
-            for i, seq in enumerate(slot.batch):
-                seq.state = states[i]
-            slot.decoding = [s for s in slot.decoding if s.finish_reason is None]
-            slot.batch, slot.batch_state = [], None
-            for seq in finished:
-                self._finish(seq)
-
-    def _rebatch(self, slot: _Slot) -> None:
-        """(Re)build the batch state when members joined or left since the last step."""
-        if slot.batch == slot.decoding and slot.batch_state is not None:
-            return
-        model = slot.checkpoint.model
-        if slot.batch_state is not None:
-            for seq, st in zip(slot.batch, model.split_state(slot.batch_state), strict=True):
-                seq.state = st
-        slot.batch = list(slot.decoding)
-        slot.batch_state = model.merge_states([s.state for s in slot.batch])
-
-    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
-        """Next token per row of ``logits`` (B, V) under each sequence's own options."""
-        return sample_next(logits, [s.params for s in seqs], [s.generated for s in seqs])
-
-    def _accept(self, seq: _Sequence, token: int) -> None:
-        """Record a sampled token, decide whether the sequence is done, stream progress."""
+        logits = m.decode.step()  # (n, V)
+        ids = m.sampler.sample(logits)  # (n,)
+        m.decode.tokens[: len(m.rows)].copy_(ids)  # each row's next input, without the host
+        tokens = ids.tolist()
+        self.metrics.generated(len(tokens))
+        self.stats.tokens_generated += len(tokens)
         now = time.monotonic()
+        finished = [s for s, t in zip(m.rows, tokens, strict=True) if self._accept(s, t, now)]
+        for seq in finished:
+            self._finish(seq, self._leave(seq))
+
+    def _accept(self, seq: _Sequence, token: int, now: float) -> bool:
+        """Record a sampled token; whether the sequence is done. Streams progress when due."""
         if seq.first_token_s is None:
             seq.first_token_s = now
-        tokenizer = seq.slot.checkpoint.tokenizer
-        self.stats.tokens_generated += 1
-        if token == tokenizer.eot_id:
+        if token == seq.eot_id:
             seq.finish_reason = "stop"
-            return
+            return True
         seq.generated.append(token)
-        seq.next_token = token
-        text = tokenizer.decode(seq.generated)
-        if any(stop in text for stop in seq.params.stop):
+        if seq.params.stop and self._hit_stop(seq):
             seq.finish_reason = "stop"
         elif len(seq.generated) >= seq.params.max_new_tokens:
             seq.finish_reason = "length"
-        elif now - seq.last_emit_s >= self._engine.stream_interval_ms / 1000:
-            self._progress(seq, text, now)
+        elif now - seq.last_emit_s >= self._interval_s:
+            self._progress(seq, now)
+        return seq.finish_reason is not None
 
-    def _progress(self, seq: _Sequence, text: str, now: float) -> None:
+    @staticmethod
+    def _hit_stop(seq: _Sequence) -> bool:
+        # Only the tail can hold a stop string that was not there one token ago.
+        width = STOP_TAIL_TOKENS_PER_CHAR * max(len(s) for s in seq.params.stop) + 1
+        tail = seq.model.checkpoint.tokenizer.decode(seq.generated[-width:])
+        return any(stop in tail for stop in seq.params.stop)
+
+    def _progress(self, seq: _Sequence, now: float) -> None:
+        text = seq.model.checkpoint.tokenizer.decode(seq.generated)
         stable = text.rstrip("\ufffd")  # a multi-byte character may still be incomplete
         if len(stable) > seq.emitted_chars:
             self._outputs.append(Progress(seq.work, stable[seq.emitted_chars :]))
             seq.emitted_chars = len(stable)
             seq.last_emit_s = now
 
-    def _finish(self, seq: _Sequence) -> None:
-        ckpt = seq.slot.checkpoint
+    def _finish(self, seq: _Sequence, state: SeqState | None) -> None:
+        ckpt = seq.model.checkpoint
         raw = ckpt.tokenizer.decode(seq.generated)
         # Tidy like every stored turn, so the next prompt reproduces it (and hits the cache).
         reply = clean_text(_cut_at_stop(raw, seq.params.stop))
-        if seq.state is not None and seq.slot is self._slot:
+        if state is not None and seq.model is self._model:
             # The state has consumed every generated token but the last one sampled (after
             # <|eot|> nothing more is fed; after a length or stop cut, the last one is not).
-            consumed = raw if seq.finish_reason == "stop" and not seq.params.stop else (
-                ckpt.tokenizer.decode(seq.generated[:-1])
+            consumed = (
+                raw
+                if seq.finish_reason == "stop" and not seq.params.stop
+                else (ckpt.tokenizer.decode(seq.generated[:-1]))
             )
-            entry = CacheEntry(ckpt.version, seq.prompt_text + consumed, seq.state)
-            self._cache.put(seq.conversation, entry)
+            self._cache.put(
+                seq.conversation, CacheEntry(ckpt.version, seq.prompt_text + consumed, state)
+            )
+        self._outputs.append(Finished(seq.work, self._done(seq, reply)))
+
+    def _done(self, seq: _Sequence, reply: str) -> Done:
         now = time.monotonic()
         work = seq.work
-        queue_ms = max(0.0, (seq.started_s - work.received_s) * 1000) if work.received_s else 0.0
-        done = Done(
+        first = seq.first_token_s or now
+        arrived = work.received_s or seq.started_s
+        reason = seq.finish_reason or "stop"
+        self.metrics.finished(
+            reason, first - arrived, now - arrived, len(seq.generated), now - first
+        )
+        return Done(
             request_id=work.request.id,
             seq=0,
             text=reply,
-            finish_reason=seq.finish_reason or "stop",
+            finish_reason=reason,
             prompt_tokens=seq.prompt_tokens,
             completion_tokens=len(seq.generated),
-            queue_ms=queue_ms,
-            ttft_ms=((seq.first_token_s or now) - seq.started_s) * 1000,
+            queue_ms=max(0.0, seq.started_s - work.received_s) * 1000 if work.received_s else 0.0,
+            ttft_ms=(first - seq.started_s) * 1000,
             total_ms=(now - seq.started_s) * 1000,
-            model_version=ckpt.version,
+            model_version=seq.model.version,
         )
-        self._outputs.append(Finished(work, done))
 
     # -- failures, spills, stats ---------------------------------------------------------
 
@@ -357,31 +450,47 @@ class Scheduler:
         self._outputs.append(Failed(work, error))
 
     def _fail_all(self, code: str, message: str) -> None:
-        for slot in (*self._old_slots, self._slot):
-            for seq in slot.decoding:
+        for m in (*self._old_models, self._model):
+            for seq in (*m.prefilling, *m.rows):
                 self._fail(seq.work, code, message)
-            slot.decoding, slot.batch, slot.batch_state = [], [], None
-        for seq in self._prefilling:
-            self._fail(seq.work, code, message)
-        self._prefilling.clear()
-        self._old_slots = []
+            m.prefilling.clear()
+            m.rows.clear()
+            m.prefill.clear()
+            m.decode.clear()
+        self._old_models = []
 
     def _spill(self, conversation: str, entry: CacheEntry) -> None:
         self._outputs.append(Spill(conversation, serialize_entry(entry)))
 
     def _update_stats(self) -> None:
-        self.stats.running = self._running
-        self.stats.waiting = len(self._waiting)
+        running, waiting = self._running, len(self._waiting)
+        self.stats.running = running
+        self.stats.waiting = waiting
         self.stats.cache_hits = self._cache.hits
         self.stats.cache_queries = self._cache.queries
-        self.stats.model_version = self._slot.version
+        self.stats.model_version = self._model.version
         self.stats.extra["cache_bytes"] = float(self._cache.nbytes)
+        self.metrics.set_load(running, waiting, self._cache.nbytes)
 
 
 _CONTROL_MESSAGES = {
     "reset": "Conversation reset: I've forgotten what we talked about.",
     "forget": "Done: everything stored about you has been deleted.",
 }
+
+
+def _remove_row(batch: SlotBatch, seqs: list[_Sequence], seq: _Sequence) -> int | None:
+    """Take ``seq`` out of ``batch`` (``seqs[i]`` sits in row i); the last row moves into
+    its place. Returns the row the mover came from, if one moved."""
+    row = seq.row
+    moved_from = batch.leave(row)
+    if moved_from is not None:
+        mover = seqs[moved_from]
+        mover.row = row
+        seqs[row] = mover
+    seqs.pop()
+    seq.row = -1
+    return moved_from
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:

@@ -2,6 +2,11 @@
 
 The state is the GRU's hidden tensor (L, B, H). Rows never interact, so a batch state is the
 per-row hidden states concatenated along dim 1 and a fresh row is a zero vector.
+
+Serving decodes through :class:`GRUSlots` instead: one preallocated (L, max_batch, H) hidden
+buffer whose rows conversations join and leave one row at a time, and :meth:`decode_step`,
+the same cell as ``nn.GRU`` written out so a step has static shapes (CUDA-graph capturable)
+and the first layer's input projection is a table lookup (the embedding is folded into it).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bot.errors import ModelError
@@ -38,6 +44,31 @@ class GRUState:
     @property
     def batch_size(self) -> int:
         return len(self.lengths)
+
+
+@dataclass
+class GRUSlots:
+    """Decode state of up to ``max_batch`` rows; the caller keeps active rows at 0..n-1."""
+
+    hidden: Tensor  # (L, max_batch, H) float32 even under bf16 weights: it is carried forever
+    table: Tensor  # (V, 3H) float32: wte @ W_ih0^T + b_ih0, layer 0's input gates per token
+    lengths: list[int]  # tokens consumed per row (a GRU has no positions)
+    consumed: list[int]
+
+    def advance(self, n: int) -> None:
+        """Rows 0..n-1 consumed one more token."""
+        for r in range(n):
+            self.lengths[r] += 1
+            self.consumed[r] += 1
+
+
+def _gru_cell(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    """``nn.GRU``'s update from input gates gi and hidden gates gh, both (B, 3H), order r|z|n."""
+    H = h.shape[1]
+    rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])  # (B, 2H): both gates in one op
+    r, z = rz[:, :H], rz[:, H:]
+    n = torch.tanh(torch.addcmul(gi[:, 2 * H :], r, gh[:, 2 * H :]))  # i_n + r * h_n
+    return torch.lerp(n, h, z)  # (1 - z) * n + z * h
 
 
 class GRUModel(LanguageModel):
@@ -104,6 +135,87 @@ class GRUModel(LanguageModel):
                 f"({cfg.n_layer}, {cfg.n_hidden})"
             )
         return GRUSeqState(hidden.to(self.device, self.dtype), int(length.item()))
+
+    # ------------------------------------------------------------------ slot-based decode
+
+    def new_slots(self, max_batch: int) -> GRUSlots:
+        cfg = self.config
+        hidden = torch.zeros(cfg.n_layer, max_batch, cfg.n_hidden, device=self.device)
+        w_ih, b_ih = self.rnn.weight_ih_l0.float(), self.rnn.bias_ih_l0.float()
+        table = self.wte.weight.float() @ w_ih.T + b_ih  # (V, 3H)
+        return GRUSlots(hidden, table, [0] * max_batch, [0] * max_batch)
+
+    def load_row(self, slots: GRUSlots, row: int, state: GRUSeqState | None) -> None:
+        """Row ``row`` continues ``state`` (``None``: a fresh conversation); O(one row)."""
+        if state is None:
+            slots.hidden[:, row].zero_()
+        else:
+            slots.hidden[:, row].copy_(state.hidden)
+        slots.lengths[row] = slots.consumed[row] = 0 if state is None else state.length
+
+    def save_row(self, slots: GRUSlots, row: int) -> GRUSeqState:
+        return GRUSeqState(slots.hidden[:, row].clone(), slots.consumed[row])
+
+    def move_row(self, slots: GRUSlots, src: int, dst: int) -> None:
+        slots.hidden[:, dst].copy_(slots.hidden[:, src])
+        slots.lengths[dst], slots.consumed[dst] = slots.lengths[src], slots.consumed[src]
+
+    def make_room(self, slots: GRUSlots, n: int) -> None:
+        """Nothing to do: a GRU's state does not grow."""
+
+    def decode_step(
+        self, slots: GRUSlots, tokens: Tensor, positions: Tensor, window: int | None = None
+    ) -> Tensor:
+        """One token for rows 0..B-1: ``tokens`` (B,) -> logits (B, V) float32.
+
+        Updates the rows' hidden state in place. Every shape depends on B only, and nothing
+        reads back to the host, so the step can be captured in a CUDA graph. ``positions`` and
+        ``window`` are the GPT's and unused here.
+        """
+        x = self._cell_step(slots, tokens, None)
+        return self._head(x)
+
+    def prefill_rows(self, slots: GRUSlots, tokens: Tensor, lengths: list[int]) -> Tensor:
+        """Feed row r of rows 0..B-1 its first ``lengths[r]`` of ``tokens`` (B, T), right-padded.
+
+        -> logits (B, V) after each row's last token. A recurrent prefill is sequential in T
+        whatever the batch, so rows go through :meth:`decode_step`'s cell together, one
+        timestep at a time; a row past its length keeps its hidden state.
+        """
+        B, T = tokens.shape
+        ragged = min(lengths) != T
+        steps = torch.tensor(lengths, device=tokens.device) if ragged else None
+        for t in range(T):
+            self._cell_step(slots, tokens[:, t], None if steps is None else t < steps)
+        for r, n in enumerate(lengths):
+            slots.lengths[r] += n
+            slots.consumed[r] += n
+        return self._head(slots.hidden[-1, :B])
+
+    def _cell_step(self, slots: GRUSlots, tokens: Tensor, active: Tensor | None) -> Tensor:
+        """Rows 0..B-1 take ``tokens`` (B,); rows where ``active`` (B,) is False stay put."""
+        B = tokens.shape[0]
+        gi = slots.table[tokens]  # (B, 3H): embedding and layer 0's input projection at once
+        x = gi
+        for layer in range(self.config.n_layer):
+            w_hh = getattr(self.rnn, f"weight_hh_l{layer}")
+            b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
+            if layer > 0:
+                w_ih = getattr(self.rnn, f"weight_ih_l{layer}")
+                b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
+                gi = F.linear(x.to(w_ih.dtype), w_ih, b_ih).float()  # (B, 3H)
+            h = slots.hidden[layer, :B]  # (B, H), a view: updated in place below
+            gh = F.linear(h.to(w_hh.dtype), w_hh, b_hh).float()  # (B, 3H)
+            x = _gru_cell(gi, gh, h)
+            if active is not None:
+                x = torch.where(active[:, None], x, h)
+            h.copy_(x)
+        return x
+
+    def _head(self, x: Tensor) -> Tensor:
+        head = self.lm_head.weight
+        logits: Tensor = F.linear(x.to(head.dtype), head, self.lm_head.bias)  # (B, V)
+        return logits.float()
 
     def flops_per_token(self) -> int:
         # 6N (2 forward + 4 backward per multiply-add) over the weights that are multiplied;

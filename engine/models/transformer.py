@@ -20,6 +20,11 @@ kept recent keys are rotated back by the gap, so cache positions stay ``0 .. len
 model never sees a distance longer than it was trained on. Eviction frees a quarter window at a
 time so it is rare during decode. Within ``block_size`` tokens, chunked and one-shot prefill
 give the same logits; past it, results depend on where the window slid.
+
+Serving decodes through :class:`KVSlots` instead of merged batch states: one cache of
+``max_batch`` rows x ``block_size`` slots allocated up front, which a conversation joins by
+copying its prefix into a free row and leaves by freeing it (O(that row), never O(batch)).
+:meth:`GPT.decode_step` runs rows 0..B-1 through the same cached attention as a prefill chunk.
 """
 
 from __future__ import annotations
@@ -75,6 +80,26 @@ class KVState:
     @property
     def capacity(self) -> int:
         return self.k[0].shape[2]
+
+
+@dataclass
+class KVSlots:
+    """A KV cache for up to ``max_batch`` rows, sized before use; active rows are 0..n-1."""
+
+    k: Tensor  # (n_layer, max_batch, n_head, block_size, head_dim), rotated keys
+    v: Tensor  # (n_layer, max_batch, n_head, block_size, head_dim)
+    lengths: list[int]  # valid entries per row = RoPE position of its next token
+    consumed: list[int]  # tokens fed per row
+
+    def advance(self, n: int) -> None:
+        """Rows 0..n-1 consumed one more token."""
+        for r in range(n):
+            self.lengths[r] += 1
+            self.consumed[r] += 1
+
+    def as_state(self) -> KVState:
+        """A :class:`KVState` view of every row (writes go to these buffers)."""
+        return KVState(list(self.k.unbind(0)), list(self.v.unbind(0)), self.lengths, self.consumed)
 
 
 # ------------------------------------------------------------------------------------ blocks
@@ -251,13 +276,28 @@ class GPT(LanguageModel):
         return self._logits(x, last_only), state
 
     def _forward_cached(self, tokens: Tensor, state: KVState, last_only: bool) -> Tensor:
-        B, T = tokens.shape
-        nh, hd = self.config.n_head, self.head_dim
+        T = tokens.shape[1]
         self._ensure_capacity(state, max(state.lengths) + T)
-        S = state.capacity
         start = torch.tensor(state.lengths, device=tokens.device)  # (B,)
         positions = start[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
-        slots = torch.arange(S, device=tokens.device)  # (S,)
+        x = self._attend_cached(tokens, positions, state.k, state.v)
+        state.lengths = [n + T for n in state.lengths]
+        state.consumed = [n + T for n in state.consumed]
+        return self._logits(x, last_only)
+
+    def _attend_cached(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        k: Sequence[Tensor],
+        v: Sequence[Tensor],
+    ) -> Tensor:
+        """``tokens`` (B, T) at ``positions`` (B, T) through caches ``k[i]``/``v[i]`` (B, nh, S,
+        hd), written in place -> the last block's output (B, T, C). Static shapes and no host
+        reads: prefill chunks and the (graph-capturable) decode step share it."""
+        B, T = tokens.shape
+        nh, hd = self.config.n_head, self.head_dim
+        slots = torch.arange(k[0].shape[2], device=tokens.device)  # (S,)
         step = _CacheStep(
             index=positions[:, None, :, None].expand(B, nh, T, hd),
             mask=(slots[None, None, :] <= positions[:, :, None])[:, None],  # (B, 1, T, S)
@@ -265,10 +305,8 @@ class GPT(LanguageModel):
         cos, sin = rope_cos_sin(positions, hd, self.config.rope_theta)
         x = self.drop(self.wte(tokens))  # (B, T, C)
         for i, block in enumerate(self.h):
-            x, _, _ = block(x, cos, sin, (state.k[i], state.v[i]), step)
-        state.lengths = [n + T for n in state.lengths]
-        state.consumed = [n + T for n in state.consumed]
-        return self._logits(x, last_only)
+            x, _, _ = block(x, cos, sin, (k[i], v[i]), step)
+        return x
 
     def _logits(self, x: Tensor, last_only: bool) -> Tensor:
         if last_only:
@@ -291,11 +329,11 @@ class GPT(LanguageModel):
                 grown[:, :, :S] = old
                 kv[i] = grown
 
-    def _make_room(self, state: KVState, n_new: int) -> None:
-        """Slide the window of every row that has no room for ``n_new`` more tokens."""
+    def _make_room(self, state: KVState, n_new: int, rows: int | None = None) -> None:
+        """Slide the window of every row (of the first ``rows``) with no room for ``n_new`` more."""
         block, sinks = self.config.block_size, self.config.attn_sinks
         slack = block // 4  # free more than needed, so decode evicts once per quarter window
-        for b, n in enumerate(state.lengths):
+        for b, n in enumerate(state.lengths[:rows]):
             if n + n_new > block:
                 self._evict(state, b, keep=max(sinks, block - n_new - slack))
 
@@ -373,6 +411,78 @@ class GPT(LanguageModel):
         return KVSeqState(
             k.to(self.device, self.dtype), v.to(self.device, self.dtype), int(length.item())
         )
+
+    # ------------------------------------------------------------------ slot-based decode
+
+    def new_slots(self, max_batch: int) -> KVSlots:
+        cfg = self.config
+        shape = (cfg.n_layer, max_batch, cfg.n_head, cfg.block_size, self.head_dim)
+        k = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        v = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        return KVSlots(k, v, [0] * max_batch, [0] * max_batch)
+
+    def load_row(self, slots: KVSlots, row: int, state: KVSeqState | None) -> None:
+        """Row ``row`` continues ``state`` (``None``: a fresh conversation); O(its prefix)."""
+        t = 0 if state is None else state.k.shape[2]
+        if state is not None:
+            slots.k[:, row, :, :t] = state.k  # (L, nh, t, hd), cast to the slots' dtype
+            slots.v[:, row, :, :t] = state.v
+        slots.lengths[row], slots.consumed[row] = t, 0 if state is None else state.length
+
+    def save_row(self, slots: KVSlots, row: int) -> KVSeqState:
+        t = slots.lengths[row]
+        k, v = slots.k[:, row, :, :t].clone(), slots.v[:, row, :, :t].clone()  # (L, nh, t, hd)
+        return KVSeqState(k, v, slots.consumed[row])
+
+    def move_row(self, slots: KVSlots, src: int, dst: int) -> None:
+        t = slots.lengths[src]
+        slots.k[:, dst, :, :t] = slots.k[:, src, :, :t]
+        slots.v[:, dst, :, :t] = slots.v[:, src, :, :t]
+        slots.lengths[dst], slots.consumed[dst] = t, slots.consumed[src]
+
+    def make_room(self, slots: KVSlots, n: int) -> None:
+        """Slide the window of each of rows 0..n-1 that has no slot left for its next token."""
+        if max(slots.lengths[:n], default=0) >= self.config.block_size:
+            self._make_room(slots.as_state(), 1, rows=n)
+
+    def decode_step(
+        self, slots: KVSlots, tokens: Tensor, positions: Tensor, window: int | None = None
+    ) -> Tensor:
+        """One token for rows 0..B-1: ``tokens`` (B,) at ``positions`` (B,) -> logits (B, V).
+
+        Writes the new keys and values into the rows' slots. Attention reads the first
+        ``window`` slots of every row (a CPU saving when all rows are short; every position
+        must be below it), or all ``block_size`` with ``None``: then every shape depends on B
+        only and nothing reads back to the host, so the step can be captured in a CUDA graph.
+        """
+        B = tokens.shape[0]
+        S = window or self.config.block_size
+        k, v = slots.k[:, :B, :, :S], slots.v[:, :B, :, :S]  # (L, B, nh, S, hd) views
+        x = self._attend_cached(tokens[:, None], positions[:, None], k.unbind(0), v.unbind(0))
+        return self._logits(x, last_only=True)[:, 0].float()  # (B, V)
+
+    def prefill_rows(self, slots: KVSlots, tokens: Tensor, lengths: list[int]) -> Tensor:
+        """Feed row r of rows 0..B-1 its first ``lengths[r]`` of ``tokens`` (B, T), right-padded.
+
+        -> logits (B, V) after each row's last token. ``T`` must be at most half the window.
+        Padding goes through too, at positions past the row's end: attention never looks
+        there (a query sees slots up to its own position) and later tokens overwrite it.
+        """
+        B, T = tokens.shape
+        assert self.config.block_size >= 2 * T, "a prefill chunk must fit half the window"
+        state = slots.as_state()
+        self._make_room(state, T, rows=B)  # room for T in every row, so padding fits too
+        start = torch.tensor(slots.lengths[:B], device=tokens.device)  # (B,)
+        positions = start[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+        S = -(-(max(slots.lengths[:B]) + T) // _CAPACITY_STEP) * _CAPACITY_STEP
+        k, v = slots.k[:, :B, :, :S], slots.v[:, :B, :, :S]  # (L, B, nh, S, hd) views
+        x = self._attend_cached(tokens, positions, k.unbind(0), v.unbind(0))  # (B, T, C)
+        last = torch.tensor(lengths, device=tokens.device) - 1  # (B,)
+        x = x[torch.arange(B, device=tokens.device), last][:, None]  # (B, 1, C)
+        for r, n in enumerate(lengths):
+            slots.lengths[r] += n
+            slots.consumed[r] += n
+        return self._logits(x, last_only=True)[:, 0].float()  # (B, V)
 
     def flops_per_token(self) -> int:
         # nanoGPT / PaLM appendix B: 6N for the weights (the tied embedding counted once, as
