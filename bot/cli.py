@@ -40,6 +40,8 @@ class _LazyGroup(click.Group):
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as e:
+                if (e.name or "").split(".")[0] in {"bot", "engine", "adapters"}:
+                    raise
                 raise click.ClickException(
                     f"`parley {cmd_name}` needs {e.name!r}, which is not installed here; "
                     "install the engine extra: pip install 'parley[engine]'"

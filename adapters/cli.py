@@ -1,0 +1,37 @@
+"""``parley adapter …``: run one platform adapter as its own process (a systemd unit each)."""
+
+from __future__ import annotations
+
+import click
+
+from bot.settings import Settings
+
+
+@click.group("adapter")
+def adapter_group() -> None:
+    """Run a platform adapter (web; Discord and Telegram come with their issues)."""
+
+
+@adapter_group.command("web")
+@click.option("--port", type=int, default=None, help="Port (default: web.port, 8080).")
+@click.pass_obj
+def web_command(settings: Settings, port: int | None) -> None:
+    """Serve the chat page, the OpenAI-compatible API and the dashboard."""
+    from adapters.web.app import run_web
+    from bot.cli import run_async
+    from bot.redis import connect
+    from bot.runtime import find_redis_url
+
+    if port is not None:
+        settings = settings.model_copy(
+            update={"web": settings.web.model_copy(update={"port": port})}
+        )
+
+    async def main() -> None:
+        redis = await connect(find_redis_url(settings))
+        try:
+            await run_web(settings, redis)
+        finally:
+            await redis.aclose()
+
+    run_async(main())
