@@ -1,8 +1,11 @@
 """Connections to Redis: one factory, one health check, errors translated to :class:`QueueError`.
 
 Every Parley process gets its client from :func:`connect`, so every client is configured the
-same way: raw bytes (wire messages are MessagePack, never text), no socket read timeout
-(blocking stream reads would trip it) but a bounded connect timeout, and an answer to PING
+same way: raw bytes (wire messages are MessagePack, never text); a bounded connect timeout;
+no socket read/write timeout, because blocking stream reads would trip it and because with
+one redis-py sends every command through ``asyncio.wait_for``, which on Python 3.11 costs a
+task per command and can swallow a cancellation (dead peers are found by TCP keepalive and a
+PING before reusing a connection idle for ``HEALTH_CHECK_INTERVAL_S``); and an answer to PING
 before the caller gets it, so a wrong URL fails at start-up with a message that says what
 to fix rather than on the first message.
 """
@@ -21,6 +24,7 @@ Redis = aioredis.Redis
 """The client type every queue class takes (``redis.asyncio.Redis`` with bytes replies)."""
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 30
 
 
 def redact(url: str) -> str:
@@ -47,7 +51,9 @@ async def connect(url: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOU
             url,
             decode_responses=False,
             socket_connect_timeout=connect_timeout_s,
+            socket_timeout=None,
             socket_keepalive=True,
+            health_check_interval=HEALTH_CHECK_INTERVAL_S,
         )
     except (ValueError, RedisError) as e:
         raise QueueError(

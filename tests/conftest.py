@@ -5,8 +5,8 @@ database of its own (one of 9..15, held with a file lock so two test runs on thi
 never flush each other's data), else an embedded valkey server started for the session.
 ``PARLEY_TEST_REDIS_URL`` forces a URL; ``PARLEY_TEST_EMBEDDED=1`` forces the embedded server.
 
-The ``redis`` fixture is an asyncio client on that database, flushed before and after each
-test. ``redis_settings`` are queue settings sized for tests (claims after 200 ms), and
+The ``redis`` fixture is an asyncio client on that database (made by :func:`bot.redis.connect`,
+as in production), flushed before and after each test. ``redis_settings`` are queue settings sized for tests (claims after 200 ms), and
 ``make_chat`` builds :class:`ChatRequest` objects with unique ids.
 """
 
@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.embedded import EmbeddedRedis
+from bot.redis import connect
 from bot.settings import RedisSettings
 from bot.wire import ChatRequest
 
@@ -80,7 +81,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """An asyncio client (bytes replies) on an empty database; flushed again afterwards."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    client = await connect(redis_url)
     await client.flushdb()
     try:
         yield client

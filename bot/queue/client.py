@@ -18,14 +18,14 @@ trimming an older one away.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from bot import keys, wire
 from bot.errors import QueueError, QueueFull, WireError
@@ -112,7 +112,7 @@ class ParleyClient:
         self.settings = settings
         self.adapter_id = adapter_id
         self.reply_key = keys.reply_stream(adapter_id)
-        self._script = redis.register_script(_BOUNDED_XADD)
+        self._sha = hashlib.sha1(_BOUNDED_XADD.encode()).hexdigest()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._outbox: list[_Outbound] = []
         self._outbox_ready = asyncio.Event()
@@ -130,6 +130,10 @@ class ParleyClient:
         if self._tasks:
             return
         self._last_id = await self._stream_end()
+        try:
+            self._sha = await self.redis.script_load(_BOUNDED_XADD)
+        except (RedisError, OSError) as e:
+            raise QueueError(f"cannot load the queue's script into Redis: {e}") from e
         self._reader_ok = True
         self._tasks = [
             asyncio.create_task(self._submit_loop(), name=f"parley-submit-{self.adapter_id}"),
@@ -208,12 +212,11 @@ class ParleyClient:
         for item in batch:
             by_stream.setdefault(item.stream, []).append(item)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for stream, items in by_stream.items():
-                    args: list[Any] = [self.settings.max_stream_len, keys.FIELD]
-                    args.extend(item.payload for item in items)
-                    await self._script(keys=[stream], args=args, client=pipe)
-                added_counts = await pipe.execute()
+            try:
+                added_counts = await self._append(by_stream)
+            except NoScriptError:  # the server restarted or its scripts were flushed
+                self._sha = await self.redis.script_load(_BOUNDED_XADD)
+                added_counts = await self._append(by_stream)
         except Exception as e:  # settle every future whatever failed; the loop goes on
             error = QueueError(f"could not enqueue {len(batch)} request(s): {e}")
             error.__cause__ = e
@@ -229,6 +232,22 @@ class ParleyClient:
                     item.done.set_result(None)
                 else:
                     item.done.set_exception(QueueFull(f"{item.stream} is full"))
+
+    async def _append(self, by_stream: dict[str, list[_Outbound]]) -> list[int]:
+        """Run the bounded append once per stream; how many each appended."""
+        max_len = self.settings.max_stream_len
+        if len(by_stream) == 1:  # the common case at light load: no pipeline needed
+            ((stream, items),) = by_stream.items()
+            payloads = [item.payload for item in items]
+            added = await self.redis.evalsha(self._sha, 1, stream, max_len, keys.FIELD, *payloads)
+            return [int(added)]
+        # Not Pipeline.execute with Script objects: that costs a SCRIPT EXISTS round trip.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, items in by_stream.items():
+                pipe.evalsha(
+                    self._sha, 1, stream, max_len, keys.FIELD, *(item.payload for item in items)
+                )
+            return [int(n) for n in await pipe.execute()]
 
     # -- receiving ---------------------------------------------------------------------------
 
