@@ -141,8 +141,8 @@ class Exchange(_Message, frozen=True, tag="exchange"):
 _M = TypeVar("_M", bound=_Message)
 
 _encoder = msgspec.msgpack.Encoder()
-_request_decoder = msgspec.msgpack.Decoder(Request)
-_event_decoder = msgspec.msgpack.Decoder(ReplyEvent)
+_request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
+_event_decoder: msgspec.msgpack.Decoder[ReplyEvent] = msgspec.msgpack.Decoder(ReplyEvent)
 _exchange_decoder = msgspec.msgpack.Decoder(Exchange)
 
 
