@@ -6,8 +6,9 @@ never flush each other's data), else an embedded valkey server started for the s
 ``PARLEY_TEST_REDIS_URL`` forces a URL; ``PARLEY_TEST_EMBEDDED=1`` forces the embedded server.
 
 The ``redis`` fixture is an asyncio client on that database (made by :func:`bot.redis.connect`,
-as in production), flushed before and after each test. ``redis_settings`` are queue settings sized for tests (claims after 200 ms), and
-``make_chat`` builds :class:`ChatRequest` objects with unique ids.
+as in production), flushed before and after each test. ``redis_settings`` are queue settings
+sized for tests (claims after 200 ms); ``make_chat`` builds :class:`ChatRequest` objects with
+unique ids.
 """
 
 from __future__ import annotations
