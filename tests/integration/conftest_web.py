@@ -67,6 +67,7 @@ class StreamingEngine:
     requests: list[Request] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.Task[None] | None = None
+    _stopping: bool = False
 
     async def __aenter__(self) -> StreamingEngine:
         self.consumer = RequestConsumer(self.redis, self.settings, "stand-in")
@@ -80,14 +81,19 @@ class StreamingEngine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in [self._loop, *self._tasks]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # Stop by flag, not by cancelling a blocked XREADGROUP: on Python 3.11 a cancel that
+        # lands as the read's own timeout fires can come out as a TimeoutError (CPython
+        # gh-102780), which a retrying loop would swallow and never end.
+        self._stopping = True
+        if self._loop is not None:
+            await self._loop
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 deliveries = await self.consumer.read(count=16, block_ms=20)
             except QueueError as e:
