@@ -11,6 +11,7 @@ shards over the live workers.
 from bot.queue.client import BUSY_MESSAGE, UNAVAILABLE_MESSAGE, ParleyClient
 from bot.queue.consumer import RequestConsumer
 from bot.queue.items import Delivery, Outgoing
+from bot.queue.leases import ShardLeases, assign
 from bot.queue.tasks import cancel_and_wait
 from bot.queue.writer import ReplyWriter
 
@@ -22,5 +23,7 @@ __all__ = [
     "ParleyClient",
     "ReplyWriter",
     "RequestConsumer",
+    "ShardLeases",
+    "assign",
     "cancel_and_wait",
 ]

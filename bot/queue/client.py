@@ -18,18 +18,18 @@ trimming an older one away.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from bot import keys, wire
 from bot.errors import QueueError, QueueFull, WireError
 from bot.queue._replies import stream_entries
+from bot.queue._scripts import Call, LuaScript, call_all
 from bot.queue.tasks import cancel_and_wait
 from bot.redis import Redis
 from bot.settings import RedisSettings
@@ -53,7 +53,7 @@ _FIELD = keys.FIELD.encode()
 # KEYS[1]: a request stream. ARGV[1]: its bound, ARGV[2]: the entry field, ARGV[3..]: payloads.
 # Appends payloads in order while the stream is below its bound; returns how many it appended.
 # Check and append run as one script, so concurrent adapters cannot overfill the stream.
-_BOUNDED_XADD = """
+_BOUNDED_XADD = LuaScript("""
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
 local added = 0
 for i = 3, #ARGV do
@@ -62,7 +62,7 @@ for i = 3, #ARGV do
   added = added + 1
 end
 return added
-"""
+""")
 
 
 @dataclass(slots=True)
@@ -112,7 +112,6 @@ class ParleyClient:
         self.settings = settings
         self.adapter_id = adapter_id
         self.reply_key = keys.reply_stream(adapter_id)
-        self._sha = hashlib.sha1(_BOUNDED_XADD.encode()).hexdigest()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._outbox: list[_Outbound] = []
         self._outbox_ready = asyncio.Event()
@@ -131,7 +130,7 @@ class ParleyClient:
             return
         self._last_id = await self._stream_end()
         try:
-            self._sha = await self.redis.script_load(_BOUNDED_XADD)
+            await _BOUNDED_XADD.load(self.redis)
         except (RedisError, OSError) as e:
             raise QueueError(f"cannot load the queue's script into Redis: {e}") from e
         self._reader_ok = True
@@ -211,12 +210,16 @@ class ParleyClient:
         by_stream: dict[str, list[_Outbound]] = {}
         for item in batch:
             by_stream.setdefault(item.stream, []).append(item)
+        max_len = self.settings.max_stream_len
+        calls: list[Call] = [
+            (_BOUNDED_XADD, [stream], [max_len, keys.FIELD, *(item.payload for item in items)])
+            for stream, items in by_stream.items()
+        ]
         try:
-            try:
-                added_counts = await self._append(by_stream)
-            except NoScriptError:  # the server restarted or its scripts were flushed
-                self._sha = await self.redis.script_load(_BOUNDED_XADD)
-                added_counts = await self._append(by_stream)
+            if len(calls) == 1:  # the common case at light load: no pipeline needed
+                added_counts = [await _BOUNDED_XADD(self.redis, *calls[0][1:])]
+            else:
+                added_counts = await call_all(self.redis, calls)
         except Exception as e:  # settle every future whatever failed; the loop goes on
             error = QueueError(f"could not enqueue {len(batch)} request(s): {e}")
             error.__cause__ = e
@@ -228,26 +231,10 @@ class ParleyClient:
             for i, item in enumerate(items):
                 if item.done.done():  # the submitter was cancelled
                     continue
-                if i < added:
+                if i < int(added):
                     item.done.set_result(None)
                 else:
                     item.done.set_exception(QueueFull(f"{item.stream} is full"))
-
-    async def _append(self, by_stream: dict[str, list[_Outbound]]) -> list[int]:
-        """Run the bounded append once per stream; how many each appended."""
-        max_len = self.settings.max_stream_len
-        if len(by_stream) == 1:  # the common case at light load: no pipeline needed
-            ((stream, items),) = by_stream.items()
-            payloads = [item.payload for item in items]
-            added = await self.redis.evalsha(self._sha, 1, stream, max_len, keys.FIELD, *payloads)
-            return [int(added)]
-        # Not Pipeline.execute with Script objects: that costs a SCRIPT EXISTS round trip.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, items in by_stream.items():
-                pipe.evalsha(
-                    self._sha, 1, stream, max_len, keys.FIELD, *(item.payload for item in items)
-                )
-            return [int(n) for n in await pipe.execute()]
 
     # -- receiving ---------------------------------------------------------------------------
 

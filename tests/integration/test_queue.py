@@ -19,6 +19,8 @@ from bot.queue import (
     ParleyClient,
     ReplyWriter,
     RequestConsumer,
+    ShardLeases,
+    assign,
 )
 from bot.redis import connect, ping
 from bot.settings import RedisSettings
@@ -393,3 +395,95 @@ async def test_embedded_server_starts_and_serves(
     assert not server.running
     with pytest.raises(QueueError):
         await connect(url, connect_timeout_s=1)
+
+
+# -- shard leases ------------------------------------------------------------------------------
+
+
+def test_assignment_is_balanced_and_stable() -> None:
+    for shards in (1, 4, 16, 64):
+        for n in range(1, 7):
+            workers = [f"w{i}" for i in range(n)]
+            owners = assign(shards, workers)
+            assert sorted(owners) == list(range(shards))
+            loads = [list(owners.values()).count(w) for w in workers]
+            assert max(loads) <= -(-shards // n)
+            assert assign(shards, list(reversed(workers))) == owners  # order does not matter
+    before = assign(64, ["a", "b", "c", "d"])
+    after = assign(64, ["a", "b", "c", "d", "e"])
+    moved = sum(before[s] != after[s] for s in range(64))
+    assert moved <= 64 // 2  # a newcomer takes its share, not a reshuffle
+
+
+async def test_leases_split_the_shards_and_move_when_a_worker_dies(
+    redis: aioredis.Redis, redis_settings: RedisSettings
+) -> None:
+    settings = redis_settings.model_copy(update={"shards": 8})
+    a = ShardLeases(redis, settings, "a", lease_ms=300)
+    b = ShardLeases(redis, settings, "b", lease_ms=300)
+    assert await a.renew() == frozenset(range(8))  # alone: everything
+    await b.renew()  # b sees two workers, but a still holds every lease
+    assert b.held == frozenset()
+    await a.renew()  # a gives up b's share ...
+    await b.renew()  # ... and b takes it
+    assert len(a.held) == len(b.held) == 4 and not a.held & b.held
+    for shard in range(8):
+        owner = await redis.get(keys.shard_lease(shard))
+        assert owner == (b"a" if shard in a.held else b"b")
+    # b dies: its heartbeat and leases expire and a takes everything back.
+    await asyncio.sleep(0.4)
+    assert await a.renew() == frozenset(range(8))
+
+
+async def test_released_leases_are_taken_at_once(
+    redis: aioredis.Redis, redis_settings: RedisSettings
+) -> None:
+    a = ShardLeases(redis, redis_settings, "a", lease_ms=60_000)
+    b = ShardLeases(redis, redis_settings, "b", lease_ms=60_000)
+    await a.renew()
+    await b.renew()
+    await a.renew()
+    await b.renew()
+    assert a.held and b.held
+    await b.release_all()
+    assert b.held == frozenset()
+    assert await a.renew() == frozenset(range(redis_settings.shards))
+
+
+async def test_leased_consumer_serves_and_takes_over_a_dead_workers_requests(
+    redis: aioredis.Redis,
+    redis_settings: RedisSettings,
+    make_chat: MakeChat,
+) -> None:
+    settings = redis_settings.model_copy(update={"shards": 1})
+    dead = RequestConsumer(redis, settings, "dead")
+    dead_leases = ShardLeases(redis, settings, "dead", lease_ms=300)
+    await dead_leases.renew()
+    dead.set_shards(dead_leases.held)
+    await dead.ensure_groups()
+    request = make_chat("who serves me?")
+    async with ParleyClient(redis, settings, "test") as client:
+        replies = asyncio.create_task(collect(client, request))
+        async with asyncio.timeout(5):
+            while not await dead.read(count=10, block_ms=50):
+                pass
+        # "dead" stops renewing; "alive" gets the shard once the lease expires, then reclaims.
+        alive = RequestConsumer(redis, settings, "alive", shards=())
+        leases = ShardLeases(redis, settings, "alive", lease_ms=300)
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(leases.run(alive, stop))
+        served = []
+        async with asyncio.timeout(5):
+            while not served:
+                served = await alive.read(count=10, block_ms=20)
+        assert [d.request for d in served] == [request] and served[0].deliveries == 2
+        assert alive.shards == (0,)
+        await alive.write(
+            [Outgoing([Done(request_id=request.id, seq=0, text="me")], "test", ack=served[0])]
+        )
+        events = await replies
+        stop.set()
+        await keeper
+    assert events == [Done(request_id=request.id, seq=0, text="me")]
+    assert alive.shards == ()
+    assert await redis.get(keys.shard_lease(0)) is None  # released on the way out
