@@ -186,10 +186,12 @@ async def test_api_keys_are_required_when_configured(
                 with pytest.raises(openai.AuthenticationError) as caught:
                     await client.models.list()
             assert caught.value.status_code == 401
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{url}/v1/models") as response:  # no Authorization at all
-                assert response.status == 401
-                assert (await response.json())["error"]["code"] == "invalid_api_key"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/v1/models") as response,  # no Authorization at all
+        ):
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "invalid_api_key"
     scope = hashlib.sha256(API_KEY.encode()).hexdigest()[:16]
     (chat,) = engine.chats()
     assert chat.conversation == f"api:{scope}:default"
