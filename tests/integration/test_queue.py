@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -487,3 +488,36 @@ async def test_leased_consumer_serves_and_takes_over_a_dead_workers_requests(
     assert events == [Done(request_id=request.id, seq=0, text="me")]
     assert alive.shards == ()
     assert await redis.get(keys.shard_lease(0)) is None  # released on the way out
+
+
+async def test_client_and_engine_survive_a_redis_restart(
+    tmp_path: Path,
+    redis_settings: RedisSettings,
+    make_chat: MakeChat,
+    echo_engine_cls: type[EchoEngine],
+) -> None:
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = await server.astart()
+    server.port = int(url.rsplit(":", 1)[1])  # come back on the same port
+    client = await connect(url)
+    try:
+        async with (
+            echo_engine_cls(client, redis_settings),
+            ParleyClient(client, redis_settings, "test") as parley,
+        ):
+            assert isinstance(await parley.reply(make_chat("before"), timeout_s=5), Done)
+            await server.astop()  # everything in it is gone: streams, groups, scripts
+            await asyncio.sleep(0.2)
+            assert not parley.healthy
+            await server.astart()
+            async with asyncio.timeout(10):
+                while True:  # the first tries may meet the reconnecting client
+                    with contextlib.suppress(QueueError):
+                        final = await parley.reply(make_chat("after"), timeout_s=1)
+                        if isinstance(final, Done):
+                            break
+            assert final.text == "echo: after"
+            assert parley.healthy
+    finally:
+        await client.aclose()
+        await server.astop()
