@@ -105,6 +105,7 @@ class Replies:
         self, request: Request, *, timeout_s: float | None = None
     ) -> AsyncGenerator[ReplyEvent, None]:
         """The request's ``Delta`` events, then exactly one ``Done`` or ``Error``."""
+        start = time.perf_counter()
         seq = 0
         final: Done | Error | None = None
         outcome = ""
@@ -127,9 +128,34 @@ class Replies:
         if final is None:
             log.warning("request %s: the reply stream ended without a final event", request.id)
             final = self._error(request, seq, "unavailable", UNAVAILABLE_MESSAGE)
+        self._record(request, final, outcome, time.perf_counter() - start)
+        yield final
+
+    def _record(self, request: Request, final: Done | Error, outcome: str, took_s: float) -> None:
+        """Count the outcome and log the one line per request."""
         outcome = outcome or ("done" if isinstance(final, Done) else final.code)
         self._metrics.replies.labels(self.adapter_id, outcome).inc()
-        yield final
+        if isinstance(final, Done):
+            log.info(
+                "request %s on %s: done in %.0f ms (queue %.0f ms, first token %.0f ms), "
+                "%d prompt + %d completion tokens, model %s",
+                request.id,
+                request.conversation,
+                took_s * 1000,
+                final.queue_ms,
+                final.ttft_ms,
+                final.prompt_tokens,
+                final.completion_tokens,
+                final.model_version or "?",
+            )
+        else:
+            log.info(
+                "request %s on %s: %s after %.0f ms",
+                request.id,
+                request.conversation,
+                outcome,
+                took_s * 1000,
+            )
 
     @staticmethod
     def _error(request: Request, seq: int, code: ErrorCode, message: str) -> Error:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from conftest_web import ADAPTER_ID, make_settings, write_heartbeat
 
-from adapters.web.app import create_app
+from adapters.web.app import create_app, run_web
 from bot import keys
 from bot.registry import ModelRegistry
 from bot.settings import RedisSettings, Settings
@@ -111,3 +114,31 @@ async def test_metrics_is_prometheus_text(client: TestClient[Any, Any]) -> None:
     assert "# TYPE parley_adapter_requests_in_flight gauge" in text
     assert 'route="/healthz",status="200"' in text
     assert "process_cpu_seconds_total" in text or "python_info" in text  # the default registry
+
+
+async def test_run_web_serves_until_cancelled(
+    tmp_path: Path, redis: aioredis.Redis, redis_settings: RedisSettings
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(tmp_path, redis_settings, port=port)
+    task = asyncio.create_task(run_web(settings, redis, adapter_id=ADAPTER_ID))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("run_web did not start serving")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with socket.socket() as s:  # nobody listens on the port any more: the runner cleaned up
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
