@@ -2,16 +2,19 @@
 
 :meth:`RequestConsumer.read` returns decoded :class:`Delivery` objects and never a bad one:
 
-- an entry that does not decode (:class:`WireError`) is moved to its shard's dead-letter
-  stream with the raw bytes and the reason, and acknowledged;
+- an entry that does not decode (:class:`WireError`) is dead-lettered (:mod:`.deadletter`);
 - every ``claim_interval_ms`` it takes over entries that another consumer has held for longer
-  than ``claim_idle_ms`` (that worker died or hangs), and returns them again;
-- an entry already delivered ``max_deliveries`` times (it keeps killing workers) is
-  dead-lettered instead, and its adapter gets a final ``Error(code="internal")`` so the user
-  is not left waiting.
+  than ``claim_idle_ms`` (that worker died or hangs) and returns them again; an entry already
+  delivered ``max_deliveries`` times (it keeps killing workers) is dead-lettered instead, and
+  its adapter gets a final error;
+- in the same pass it tells the group that its own requests in flight are still being worked
+  on (their idle time is reset), so a long answer is not taken away from a live worker, and
+  takes back its own pending entries that nothing works on any more (a failed write, or a
+  restart under the same name).
 
-Claiming uses XPENDING (with IDLE) and XCLAIM rather than XAUTOCLAIM: XPENDING says how often
-each entry was delivered, and lets a consumer leave its own slow-but-alive entries alone.
+A request is in flight from the :meth:`read` that returns it to the :meth:`write` that
+acknowledges it. Claiming uses XPENDING (with IDLE) and XCLAIM rather than XAUTOCLAIM:
+XPENDING says how often and by whom each entry was delivered.
 """
 
 from __future__ import annotations
@@ -19,39 +22,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from bot import keys, wire
 from bot.errors import QueueError, WireError
 from bot.queue._replies import Entry, as_str, stream_entries
+from bot.queue._scripts import LuaScript, call_all
+from bot.queue.deadletter import DeadEntry, dead_letter
 from bot.queue.items import Delivery, Outgoing
 from bot.queue.writer import ReplyWriter
 from bot.redis import Redis
 from bot.settings import RedisSettings
-from bot.wire import Error
 
 log = logging.getLogger(__name__)
 
-DEAD_LETTER_LEN = 10_000
-"""Approximate bound of each dead-letter stream."""
 CLAIM_BATCH = 100
 """Most idle entries examined per shard per claim pass."""
-FINAL_ERROR_SEQ = 2**31 - 1
-"""Seq of the error sent for a dead-lettered request: above any seq its worker could have
-used, so the adapter's de-duplication never mistakes it for an event it already has."""
-INTERNAL_MESSAGE = "Sorry — something went wrong answering this message. Please try again."
 
 _FIELD = keys.FIELD.encode()
+
+# KEYS[1]: a request stream. ARGV[1]: the group, ARGV[2]: this consumer, ARGV[3..]: entry ids.
+# Resets the idle time of the entries this consumer still owns (without counting a delivery);
+# returns their ids. Entries another consumer took over meanwhile are left to it.
+_KEEP = LuaScript("""
+local kept = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept[#kept + 1] = ARGV[i]
+  end
+end
+return kept
+""")
+
+_Plan = tuple[int, list[bytes], dict[bytes, int]]
+"""A shard, the pending entry ids to claim on it, and how often each was delivered."""
 
 
 class RequestConsumer:
     """Reads requests from ``shards`` (default: all) as ``consumer`` of the engines' group.
 
     Redis failures raise :class:`QueueError`; the caller's loop backs off and calls again.
+    Acknowledge through :meth:`write` (or call :meth:`forget` after acknowledging elsewhere).
     """
 
     def __init__(
@@ -66,30 +82,29 @@ class RequestConsumer:
         self.redis = redis
         self.settings = settings
         self.consumer = consumer
-        self.claim_interval_ms = (
-            claim_interval_ms
-            if claim_interval_ms is not None
-            else max(settings.claim_idle_ms // 2, 50)
-        )
+        if claim_interval_ms is None:
+            claim_interval_ms = max(settings.claim_idle_ms // 3, 50)
+        self.claim_interval_ms = claim_interval_ms
         self.writer = ReplyWriter(redis, settings)
         self._shards: tuple[int, ...] = ()
         self._streams: dict[str, int] = {}
-        self._cursor: dict[Any, Any] = {}
-        self._next_claim_s = 0.0
-        self._claimed_own = False
+        self._in_flight: dict[tuple[int, str], float] = {}  # (shard, entry id) -> last touch
+        self._next_upkeep_s = 0.0
         self.set_shards(range(settings.shards) if shards is None else shards)
 
     @property
     def shards(self) -> tuple[int, ...]:
         return self._shards
 
-    def set_shards(self, shards: Sequence[int] | range) -> None:
+    @property
+    def in_flight(self) -> int:
+        """Requests read and not yet acknowledged through :meth:`write`."""
+        return len(self._in_flight)
+
+    def set_shards(self, shards: Iterable[int]) -> None:
         """Read these shards from now on (leases moved). Call :meth:`ensure_groups` after."""
         self._shards = tuple(sorted(set(shards)))
         self._streams = {keys.request_stream(s): s for s in self._shards}
-        self._cursor = {stream: ">" for stream in self._streams}
-
-    # -- setup -------------------------------------------------------------------------------
 
     async def ensure_groups(self) -> None:
         """Create the engines' group on every shard's stream (and the stream), if missing."""
@@ -113,16 +128,18 @@ class RequestConsumer:
             await asyncio.sleep(block_ms / 1000)
             return []
         now_s = time.monotonic()
-        if now_s >= self._next_claim_s:
-            self._next_claim_s = now_s + self.claim_interval_ms / 1000
+        if now_s >= self._next_upkeep_s:
+            self._next_upkeep_s = now_s + self.claim_interval_ms / 1000
+            await self._keep_in_flight(now_s)
             claimed = await self.claim(count)
             if claimed:
                 return claimed
+        streams = self._streams  # set_shards may swap it while we wait
         try:
             response = await self.redis.xreadgroup(
                 keys.ENGINE_GROUP,
                 self.consumer,
-                self._cursor,
+                dict.fromkeys(streams, ">"),
                 count=count,
                 block=block_ms if block_ms > 0 else None,
             )
@@ -134,69 +151,119 @@ class RequestConsumer:
             raise QueueError(f"reading requests failed: {e}") from e
         except (RedisError, OSError) as e:
             raise QueueError(f"reading requests failed: {e}") from e
-        return await self._decode_all(
-            (self._streams[as_str(name)], entries, 1) for name, entries in stream_entries(response)
-        )
+        batches = [
+            (streams[as_str(name)], entries, 1) for name, entries in stream_entries(response)
+        ]
+        return self._track(await self._decode(batches))
 
-    async def _decode_all(self, batches: Any) -> list[Delivery]:
+    async def _decode(self, batches: Sequence[tuple[int, list[Entry], int]]) -> list[Delivery]:
         """Decode entries into deliveries; dead-letter the ones that do not decode."""
         deliveries: list[Delivery] = []
-        dead: list[tuple[int, Entry, str, int]] = []
+        dead: list[DeadEntry] = []
         for shard, entries, times in batches:
             for entry_id, fields in entries:
                 raw = (fields or {}).get(_FIELD)
                 if raw is None:
-                    dead.append((shard, (entry_id, fields), f"no {keys.FIELD!r} field", times))
+                    dead.append(DeadEntry(shard, entry_id, b"", f"no {keys.FIELD!r} field", times))
                     continue
                 try:
                     request = wire.decode_request(raw)
                 except WireError as e:
-                    dead.append((shard, (entry_id, fields), str(e), times))
+                    dead.append(DeadEntry(shard, entry_id, raw, str(e), times))
                     continue
                 deliveries.append(Delivery(shard, as_str(entry_id), request, times))
-        if dead:
-            await self._dead_letter(dead, notify=False)
+        try:
+            await dead_letter(self.redis, self.settings, dead, notify=False)
+        except QueueError as e:  # they stay pending and come back through claim()
+            log.warning("%s", e)
         return deliveries
+
+    def _track(self, deliveries: list[Delivery]) -> list[Delivery]:
+        now_s = time.monotonic()
+        for d in deliveries:
+            self._in_flight[(d.shard, d.entry_id)] = now_s
+        return deliveries
+
+    # -- in flight ---------------------------------------------------------------------------
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        """Reset the idle time of these requests so no other consumer reclaims them.
+        :meth:`read` does it for every request in flight; this is for callers in a hurry."""
+        await self._keep([(d.shard, d.entry_id) for d in deliveries])
+
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        """No longer track these requests (they were acknowledged other than by :meth:`write`)."""
+        for d in deliveries:
+            self._in_flight.pop((d.shard, d.entry_id), None)
+
+    async def _keep_in_flight(self, now_s: float) -> None:
+        due_s = now_s - self.settings.claim_idle_ms / 3000
+        stale = [key for key, touched_s in self._in_flight.items() if touched_s <= due_s]
+        if stale:
+            await self._keep(stale)
+
+    async def _keep(self, entries: Sequence[tuple[int, str]]) -> None:
+        by_shard: dict[int, list[str]] = {}
+        for shard, entry_id in entries:
+            by_shard.setdefault(shard, []).append(entry_id)
+        calls = [
+            (_KEEP, [keys.request_stream(s)], [keys.ENGINE_GROUP, self.consumer, *ids])
+            for s, ids in by_shard.items()
+        ]
+        try:
+            kept_lists = await call_all(self.redis, calls)
+        except (RedisError, OSError) as e:
+            raise QueueError(f"keeping requests in flight failed: {e}") from e
+        now_s = time.monotonic()
+        for (shard, ids), kept in zip(by_shard.items(), kept_lists, strict=True):
+            kept_ids = {as_str(k) for k in kept}
+            for entry_id in ids:
+                if entry_id in kept_ids:
+                    self._in_flight[(shard, entry_id)] = now_s
+                elif self._in_flight.pop((shard, entry_id), None) is not None:
+                    log.info("entry %s of shard %d is no longer ours", entry_id, shard)
 
     # -- reclaiming --------------------------------------------------------------------------
 
     async def claim(self, count: int = CLAIM_BATCH) -> list[Delivery]:
-        """Take over entries other consumers have held longer than ``claim_idle_ms``.
-
-        The first pass after start-up also takes this consumer's own idle entries (left from
-        before a restart under the same name); later passes leave them to it.
-        """
-        idle_ms = self.settings.claim_idle_ms
+        """Take over entries pending longer than ``claim_idle_ms`` on other consumers, or on
+        this one but not in flight; dead-letter those delivered ``max_deliveries`` times."""
+        streams = dict(self._streams)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for stream in self._streams:
+                for stream in streams:
                     pipe.xpending_range(
-                        stream, keys.ENGINE_GROUP, "-", "+", min(count, CLAIM_BATCH), idle=idle_ms
+                        stream,
+                        keys.ENGINE_GROUP,
+                        "-",
+                        "+",
+                        min(count, CLAIM_BATCH),
+                        idle=self.settings.claim_idle_ms,
                     )
                 pending = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as e:
             raise QueueError(f"listing pending requests failed: {e}") from e
-        take_own = not self._claimed_own
-        self._claimed_own = True
-        plans: list[tuple[int, list[Any], dict[bytes, int]]] = []
-        for (stream, shard), rows in zip(self._streams.items(), pending, strict=True):
+        plans: list[_Plan] = []
+        for (stream, shard), rows in zip(streams.items(), pending, strict=True):
             if isinstance(rows, Exception):  # NOGROUP on a deleted stream: nothing to claim
                 log.debug("XPENDING on %s failed: %s", stream, rows)
                 continue
             times = {
                 r["message_id"]: int(r["times_delivered"])
                 for r in rows
-                if take_own or as_str(r["consumer"]) != self.consumer
+                if not self._ours_in_flight(shard, r)
             }
             if times:
                 plans.append((shard, list(times), times))
-        if not plans:
-            return []
-        return await self._take(plans, idle_ms)
+        return self._track(await self._take(plans)) if plans else []
 
-    async def _take(
-        self, plans: list[tuple[int, list[Any], dict[bytes, int]]], idle_ms: int
-    ) -> list[Delivery]:
+    def _ours_in_flight(self, shard: int, row: dict[str, Any]) -> bool:
+        return (
+            as_str(row["consumer"]) == self.consumer
+            and (shard, as_str(row["message_id"])) in self._in_flight
+        )
+
+    async def _take(self, plans: list[_Plan]) -> list[Delivery]:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for shard, entry_ids, _times in plans:
@@ -205,111 +272,48 @@ class RequestConsumer:
                         keys.request_stream(shard),
                         keys.ENGINE_GROUP,
                         self.consumer,
-                        idle_ms,
-                        entry_ids,
+                        self.settings.claim_idle_ms,
+                        entry_ids,  # type: ignore[arg-type]
                     )
                 claimed = await pipe.execute()
         except (RedisError, OSError) as e:
             raise QueueError(f"claiming pending requests failed: {e}") from e
         retry: list[tuple[int, list[Entry], int]] = []
-        exhausted: list[tuple[int, Entry, str, int]] = []
+        exhausted: list[DeadEntry] = []
         for (shard, _ids, times), entries in zip(plans, claimed, strict=True):
             for entry_id, fields in entries:
                 delivered = times.get(entry_id, 0)
                 if delivered >= self.settings.max_deliveries:
                     reason = f"delivered {delivered} times without an answer"
-                    exhausted.append((shard, (entry_id, fields), reason, delivered))
+                    raw = (fields or {}).get(_FIELD, b"")
+                    exhausted.append(DeadEntry(shard, entry_id, raw, reason, delivered))
                 else:
                     retry.append((shard, [(entry_id, fields)], delivered + 1))
-        if exhausted:
-            await self._dead_letter(exhausted, notify=True)
-        deliveries = await self._decode_all(retry)
+        try:
+            await dead_letter(self.redis, self.settings, exhausted, notify=True)
+        except QueueError as e:  # now pending on us, not in flight: the next pass retries
+            log.warning("%s", e)
+        deliveries = await self._decode(retry)
         for d in deliveries:
             log.info(
-                "request %s reclaimed from shard %d (delivery %d)",
+                "request %s reclaimed on shard %d (delivery %d)",
                 d.request.id,
                 d.shard,
                 d.deliveries,
             )
         return deliveries
 
-    async def extend(self, deliveries: Sequence[Delivery]) -> None:
-        """Tell other consumers these requests are still being worked on (resets their idle
-        time), for answers that take longer than ``claim_idle_ms``."""
-        by_shard: dict[int, list[Any]] = {}
-        for d in deliveries:
-            by_shard.setdefault(d.shard, []).append(d.entry_id)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for shard, entry_ids in by_shard.items():
-                    pipe.xclaim(
-                        keys.request_stream(shard),
-                        keys.ENGINE_GROUP,
-                        self.consumer,
-                        0,
-                        entry_ids,
-                        justid=True,
-                    )
-                await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise QueueError(f"extending pending requests failed: {e}") from e
-
-    # -- dead letters ------------------------------------------------------------------------
-
-    async def _dead_letter(
-        self, dead: Sequence[tuple[int, Entry, str, int]], *, notify: bool
-    ) -> None:
-        """Move entries to their dead-letter streams and acknowledge them, in one transaction;
-        with ``notify``, also answer each decodable one with a final error."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self._queue_dead_letters(pipe, dead, notify=notify)
-            try:
-                await pipe.execute()
-            except (RedisError, OSError) as e:
-                raise QueueError(f"dead-lettering {len(dead)} entries failed: {e}") from e
-
-    def _queue_dead_letters(
-        self, pipe: Pipeline, dead: Sequence[tuple[int, Entry, str, int]], *, notify: bool
-    ) -> None:
-        for shard, (entry_id, fields), reason, times in dead:
-            raw = (fields or {}).get(_FIELD, b"")
-            log.warning("dead-lettering entry %s of shard %d: %s", as_str(entry_id), shard, reason)
-            pipe.xadd(
-                keys.dead_letter_stream(shard),
-                {
-                    keys.FIELD: raw,
-                    keys.DEAD_REASON_FIELD: reason,
-                    keys.DEAD_ID_FIELD: entry_id,
-                    keys.DEAD_DELIVERIES_FIELD: times,
-                },
-                maxlen=DEAD_LETTER_LEN,
-                approximate=True,
-            )
-            request_stream = keys.request_stream(shard)
-            pipe.xack(request_stream, keys.ENGINE_GROUP, entry_id)
-            pipe.xdel(request_stream, entry_id)
-            if notify:
-                self._queue_error_reply(pipe, raw)
-
-    def _queue_error_reply(self, pipe: Pipeline, raw: bytes) -> None:
-        try:
-            request = wire.decode_request(raw)
-        except WireError:
-            return  # nobody to tell
-        stream = keys.reply_stream(request.reply_to)
-        event = Error(
-            request_id=request.id, seq=FINAL_ERROR_SEQ, code="internal", message=INTERNAL_MESSAGE
-        )
-        pipe.xadd(
-            stream,
-            {keys.FIELD: wire.encode(event)},
-            maxlen=self.settings.reply_stream_len,
-            approximate=True,
-        )
-        pipe.expire(stream, self.settings.reply_stream_ttl_s)
-
     # -- writing -----------------------------------------------------------------------------
 
     async def write(self, items: Sequence[Outgoing]) -> None:
-        """:meth:`ReplyWriter.write`: events, exchanges and acks of ``items`` in one go."""
-        await self.writer.write(items)
+        """:meth:`ReplyWriter.write`: events, exchanges and acks of ``items`` in one go.
+
+        The deliveries acknowledged here are no longer in flight even when the write fails:
+        they stay pending, and a later claim pass hands them out again.
+        """
+        try:
+            await self.writer.write(items)
+        finally:
+            for item in items:
+                if item.ack is not None:
+                    self._in_flight.pop((item.ack.shard, item.ack.entry_id), None)

@@ -16,6 +16,7 @@ from bot.embedded import EmbeddedRedis
 from bot.errors import QueueError, QueueFull
 from bot.queue import (
     BUSY_MESSAGE,
+    Delivery,
     Outgoing,
     ParleyClient,
     ReplyWriter,
@@ -239,6 +240,7 @@ async def test_restarted_consumer_takes_back_its_own_entries(
     assert await first.read(count=10, block_ms=0) == []
     # ... and taken back by the same name after a restart.
     again = RequestConsumer(redis, redis_settings, "w1", shards=[0, 1])
+    await asyncio.sleep(redis_settings.claim_idle_ms * 1.5 / 1000)
     assert [d.deliveries for d in await again.read(count=10, block_ms=0)] == [2]
 
 
@@ -256,6 +258,36 @@ async def test_extend_keeps_a_slow_request_from_being_reclaimed(
         await asyncio.sleep(redis_settings.claim_idle_ms * 0.6 / 1000)
         await slow.extend(taken)
         assert await other.claim() == []
+
+
+async def test_a_live_consumer_keeps_its_slow_requests(
+    redis: aioredis.Redis, redis_settings: RedisSettings, make_chat: MakeChat
+) -> None:
+    slow = RequestConsumer(redis, redis_settings, "slow")
+    other = RequestConsumer(redis, redis_settings, "other")
+    await slow.ensure_groups()
+    await redis.xadd(keys.request_stream(0), {keys.FIELD: wire.encode(make_chat())})
+    assert len(await slow.read(count=10, block_ms=0)) == 1
+    async with asyncio.timeout(5):
+        for _ in range(10):  # 3x claim_idle_ms, both reading all along
+            assert await slow.read(count=10, block_ms=20) == []
+            assert await other.read(count=10, block_ms=40) == []
+    assert slow.in_flight == 1 and other.in_flight == 0
+
+
+async def test_a_request_nothing_works_on_comes_back_to_its_consumer(
+    redis: aioredis.Redis, redis_settings: RedisSettings, make_chat: MakeChat
+) -> None:
+    worker = RequestConsumer(redis, redis_settings, "only")
+    await worker.ensure_groups()
+    await redis.xadd(keys.request_stream(0), {keys.FIELD: wire.encode(make_chat())})
+    (lost,) = await worker.read(count=10, block_ms=0)
+    worker.forget([lost])  # as after a write that failed
+    again: list[Delivery] = []
+    async with asyncio.timeout(5):
+        while not again:
+            again = await worker.read(count=10, block_ms=20)
+    assert [(d.entry_id, d.deliveries) for d in again] == [(lost.entry_id, 2)]
 
 
 # -- bounds and duplicates ---------------------------------------------------------------------
