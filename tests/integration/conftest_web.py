@@ -17,6 +17,7 @@ import json
 import logging
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,27 @@ async def write_heartbeat(
         **fields,
     }
     await redis.hset(keys.ENGINES, worker, json.dumps(beat))
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 PNG, so the served file is a real image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = chunk(b"IHDR", (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
+    pixels = chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+    return b"\x89PNG\r\n\x1a\n" + header + pixels + chunk(b"IEND", b"")
+
+
+def add_version(models: Path, name: str, metrics: dict[str, Any], plot: bool) -> None:
+    path = models / name
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    if plot:
+        (path / "loss.png").write_bytes(tiny_png())
 
 
 def make_settings(tmp_path: Path, redis_settings: RedisSettings, **web: Any) -> Settings:

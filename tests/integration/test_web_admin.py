@@ -4,7 +4,6 @@ retrain/rollback wiring."""
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from conftest_web import ADAPTER_ID, make_settings, write_heartbeat
+from conftest_web import ADAPTER_ID, add_version, make_settings, tiny_png, write_heartbeat
 
 from adapters.web.admin import RetrainCallback, RollbackCallback
 from adapters.web.app import create_app
@@ -25,27 +24,6 @@ TOKEN = "admin-secret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 ClientFactory = Callable[..., Any]
-
-
-def tiny_png() -> bytes:
-    """A valid 1x1 PNG, so the served file is a real image."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    header = chunk(b"IHDR", (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
-    pixels = chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-    return b"\x89PNG\r\n\x1a\n" + header + pixels + chunk(b"IEND", b"")
-
-
-def add_version(models: Path, name: str, metrics: dict[str, Any], plot: bool) -> None:
-    path = models / name
-    path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    (path / "metrics.json").write_text(json.dumps(metrics))
-    if plot:
-        (path / "loss.png").write_bytes(tiny_png())
 
 
 @pytest.fixture

@@ -18,9 +18,17 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest_web import StreamingEngine, make_settings, reply_for, serve
+from conftest_web import (
+    StreamingEngine,
+    add_version,
+    make_settings,
+    reply_for,
+    serve,
+    write_heartbeat,
+)
 
 from bot import keys
+from bot.registry import ModelRegistry
 from bot.settings import RedisSettings
 
 CHROMIUM = os.environ.get("PARLEY_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -187,3 +195,41 @@ def test_install_script_is_idempotent_when_chromium_exists() -> None:
     script = Path(__file__).parents[2] / "scripts" / "install-browser.sh"
     result = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+async def test_admin_dashboard_logs_in_and_shows_the_system(
+    browser: Any, tmp_path: Path, redis: aioredis.Redis, redis_settings: RedisSettings
+) -> None:
+    models = tmp_path / "models"
+    add_version(models, "v1", {"val_loss": 2.25}, plot=True)
+    add_version(models, "v2", {"val_loss": 1.75}, plot=True)
+    await redis.set(keys.LIVE_MODEL, "v2")
+    await write_heartbeat(redis, "gpu-0", model_version="v2", tokens_per_s=123.0)
+    settings = make_settings(tmp_path, redis_settings, admin_token="letmein")
+    async with serve(settings, redis, registry=ModelRegistry(models)) as url:
+        context = await browser.new_context(viewport=PHONE)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = await context.new_page()
+        await page.goto(f"{url}/admin")
+        token = page.get_by_label("Admin token")
+        await token.fill("wrong")
+        await token.press("Enter")
+        await page.get_by_text("not accepted").wait_for()
+
+        await token.fill("letmein")
+        await token.press("Enter")
+        await page.locator("#live", has_text="v2").wait_for()
+        assert await page.locator("#engines-alive").text_content() == "1"
+        assert await page.locator("#tokens").text_content() == "123.0"
+        assert "1.7500" in (await page.locator("#versions").text_content() or "")
+        assert await page.locator("#retrain").is_disabled()  # not wired up in this process
+
+        await page.get_by_role("button", name="Show the loss curve of v1").click()
+        plot = page.locator("#plot")
+        await page.wait_for_function("document.getElementById('plot').naturalWidth === 1")
+        assert await plot.get_attribute("alt") == "Training and validation loss of v1"
+
+        # The token lives in sessionStorage: a reload stays logged in.
+        await page.reload()
+        await page.locator("#live", has_text="v2").wait_for()
+        await context.close()
