@@ -84,6 +84,31 @@ def version_info(v: ModelVersion, live: str | None) -> dict[str, Any]:
     }
 
 
+class TokenRates:
+    """Tokens/s of engines that report only a running total (``tokens_generated``): the
+    difference between the last two heartbeats this process saw of each worker."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+        self._rate: dict[str, float] = {}
+
+    def fill(self, beats: Sequence[Heartbeat]) -> list[Heartbeat]:
+        filled = []
+        for beat in beats:
+            if beat.tokens_per_s or beat.tokens_generated is None:
+                filled.append(beat)
+                continue
+            previous = self._last.get(beat.worker)
+            if previous is not None and beat.time > previous[0]:
+                tokens = max(0, beat.tokens_generated - previous[1])
+                self._rate[beat.worker] = tokens / (beat.time - previous[0])
+            if previous is None or beat.time > previous[0]:
+                self._last[beat.worker] = (beat.time, beat.tokens_generated)
+            rate = self._rate.get(beat.worker, 0.0)
+            filled.append(msgspec.structs.replace(beat, tokens_per_s=rate))
+        return filled
+
+
 def engine_info(beat: Heartbeat, now: float) -> dict[str, Any]:
     return {**msgspec.structs.asdict(beat), "age_s": beat.age_s(now), "alive": beat.alive(now)}
 
@@ -152,6 +177,7 @@ class AdminRoutes:
         self.shards = shards
         self.on_retrain = on_retrain
         self.on_rollback = on_rollback
+        self.token_rates = TokenRates()
 
     def setup(self, app: web.Application) -> None:
         app.router.add_get("/admin", self.page)
@@ -180,7 +206,7 @@ class AdminRoutes:
         versions = await asyncio.to_thread(self.registry.versions)
         try:
             live = await self.registry.live_version(self.redis)
-            beats = await read_heartbeats(self.redis)
+            beats = self.token_rates.fill(await read_heartbeats(self.redis))
             depths = await queue_depths(self.redis, self.shards)
             progress = await training_progress(self.redis)
         except (QueueError, RedisError, OSError) as e:

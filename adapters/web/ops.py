@@ -43,6 +43,8 @@ class Heartbeat(msgspec.Struct, frozen=True):
     running: int = 0
     waiting: int = 0
     tokens_per_s: float = 0.0
+    tokens_generated: int | None = None
+    """A running total; the dashboard derives tokens/s from it when ``tokens_per_s`` is 0."""
     cache_hits: int = 0
     cache_queries: int = 0
 

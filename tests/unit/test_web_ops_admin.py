@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
-from adapters.web.admin import check_token, engine_summary, validation_loss
+from adapters.web.admin import TokenRates, check_token, engine_summary, validation_loss
 from adapters.web.chat import ApiError
 from adapters.web.ops import Heartbeat, readiness
 
@@ -72,3 +72,15 @@ def test_check_token(token: SecretStr | None, header: str | None, status: int | 
     with pytest.raises(ApiError) as caught:
         check_token(request, token)
     assert caught.value.status == status
+
+
+def test_tokens_per_second_from_running_totals() -> None:
+    rates = TokenRates()
+    first = Heartbeat(worker="a", time=NOW, tokens_generated=100)
+    assert rates.fill([first])[0].tokens_per_s == 0.0  # one sample: no rate yet
+    assert rates.fill([first])[0].tokens_per_s == 0.0  # the same heartbeat again
+    later = Heartbeat(worker="a", time=NOW + 2, tokens_generated=300)
+    assert rates.fill([later])[0].tokens_per_s == 100.0
+    assert rates.fill([later])[0].tokens_per_s == 100.0  # kept until the next heartbeat
+    reported = Heartbeat(worker="b", time=NOW, tokens_per_s=7.0, tokens_generated=5)
+    assert rates.fill([reported])[0].tokens_per_s == 7.0  # the engine's own figure wins
