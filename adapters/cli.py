@@ -18,6 +18,8 @@ def adapter_group() -> None:
 def web_command(settings: Settings, port: int | None) -> None:
     """Serve the chat page, the OpenAI-compatible API and the dashboard."""
     from adapters.web.app import run_web
+    from bot import model_admin
+    from bot.registry import ModelRegistry
     from bot.cli import run_async
     from bot.redis import connect
     from bot.runtime import find_redis_url
@@ -29,8 +31,12 @@ def web_command(settings: Settings, port: int | None) -> None:
 
     async def main() -> None:
         redis = await connect(find_redis_url(settings))
+        registry = ModelRegistry(settings.models_dir)
+        on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
         try:
-            await run_web(settings, redis)
+            await run_web(
+                settings, redis, registry=registry, on_retrain=on_retrain, on_rollback=on_rollback
+            )
         finally:
             await redis.aclose()
 

@@ -32,6 +32,9 @@ TRAIN_PROGRESS = f"{PREFIX}:train:progress"
 """String: JSON progress report of the running (or last) training run, written by the trainer
 and shown on the admin dashboard (e.g. ``{"status", "step", "steps", "loss", "val_loss"}``)."""
 
+TRAIN_LOCK = f"{PREFIX}:train:lock"
+"""String with TTL: held while a retraining run started from the dashboard is going."""
+
 FIELD = "m"
 """The one field of every stream entry: the encoded wire message."""
 

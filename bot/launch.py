@@ -17,8 +17,10 @@ from typing import Any
 
 import click
 
+from bot import model_admin
 from bot.embedded import EmbeddedRedis
 from bot.redis import connect
+from bot.registry import ModelRegistry
 from bot.runtime import RuntimeInfo, runtime_file, stop_event_on_signals
 from bot.settings import Settings
 
@@ -46,7 +48,11 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
         await _wait_ready(ready, tasks[0])
         web_url = None
         if web_app is not None:
-            serving = web_app.run_web(settings, redis)
+            registry = ModelRegistry(settings.models_dir)
+            on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
+            serving = web_app.run_web(
+                settings, redis, registry=registry, on_retrain=on_retrain, on_rollback=on_rollback
+            )
             tasks.append(asyncio.create_task(_until_cancelled(serving, stop), name="web"))
             web_url = f"http://{settings.web.host}:{settings.web.port}"
         info = RuntimeInfo(pid=os.getpid(), redis_url=url, web_url=web_url)

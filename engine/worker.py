@@ -300,9 +300,14 @@ class EngineWorker:
                         self.in_flight)
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        last_tokens, last_s = self._scheduler.stats.tokens_generated, time.monotonic()
         while not stop.is_set():
             stats = self._scheduler.stats
+            now = time.monotonic()
+            tokens_per_s = (stats.tokens_generated - last_tokens) / max(now - last_s, 1e-3)
+            last_tokens, last_s = stats.tokens_generated, now
             beat = {
+                "tokens_per_s": round(tokens_per_s, 1),
                 "worker": self._worker_id,
                 "model_version": stats.model_version,
                 "time": time.time(),
