@@ -8,8 +8,8 @@ routing. Prints one JSON object:
 - ``queue_msgs_per_s``: requests answered per second with ``--concurrency`` in flight;
 - ``ping_p50_ms``: a raw PING round trip on the same connection, the floor to compare with.
 
-Usage: ``python -m bench.queue [--redis-url URL] [--requests N] [--concurrency C]``. Without
-``--redis-url`` it uses database 8 of the Redis on 127.0.0.1:6379 when that answers, else an
+Usage: ``python -m bench.queue [--redis-url URL | --embedded] [--requests N] [--concurrency C]``.
+Without either it uses database 8 of the Redis on 127.0.0.1:6379 when that answers, else an
 embedded server. It deletes only the keys it creates.
 """
 
@@ -58,10 +58,10 @@ def _answers(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def redis_url(given: str | None) -> Iterator[str]:
+def redis_url(given: str | None, embedded: bool) -> Iterator[str]:
     if given:
         yield given
-    elif _answers("127.0.0.1", 6379):
+    elif not embedded and _answers("127.0.0.1", 6379):
         yield DEFAULT_URL
     else:
         with tempfile.TemporaryDirectory() as data_dir, EmbeddedRedis(data_dir) as url:
@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--embedded", action="store_true", help="use an embedded server")
     args = parser.parse_args(argv)
-    with redis_url(args.redis_url) as url:
+    with redis_url(args.redis_url, args.embedded) as url:
         result = asyncio.run(measure(url, args))
     json.dump(result, sys.stdout)
     print()

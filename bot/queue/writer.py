@@ -11,6 +11,7 @@ length is its backlog, which is what the adapter's bound (``max_stream_len``) me
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from redis.asyncio.client import Pipeline
@@ -35,6 +36,7 @@ class ReplyWriter:
         self.redis = redis
         self.settings = settings
         self.log_stream_len = log_stream_len
+        self._expiry_set_s: dict[str, float] = {}  # reply stream -> when its TTL was last set
 
     async def write(self, items: Sequence[Outgoing]) -> None:
         """Append every event and exchange of ``items`` and acknowledge their deliveries,
@@ -43,19 +45,24 @@ class ReplyWriter:
         if not items:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            self._queue(pipe, items)
+            expiring = self._queue(pipe, items)
             try:
                 await pipe.execute()
             except (RedisError, OSError) as e:
                 raise QueueError(f"could not write {len(items)} reply item(s): {e}") from e
+        now_s = time.monotonic()
+        for stream in expiring:
+            self._expiry_set_s[stream] = now_s
 
-    def _queue(self, pipe: Pipeline, items: Sequence[Outgoing]) -> None:
+    def _queue(self, pipe: Pipeline, items: Sequence[Outgoing]) -> list[str]:
+        """Queue the commands for ``items``; returns the reply streams whose TTL it sets."""
         reply_len = self.settings.reply_stream_len
         touched: set[str] = set()
         acks: dict[int, list[str]] = {}
         for item in items:
             stream = keys.reply_stream(item.reply_to)
-            touched.add(stream)
+            if item.events:
+                touched.add(stream)
             for event in item.events:
                 pipe.xadd(
                     stream, {keys.FIELD: wire.encode(event)}, maxlen=reply_len, approximate=True
@@ -69,10 +76,18 @@ class ReplyWriter:
                 )
             if item.ack is not None:
                 acks.setdefault(item.ack.shard, []).append(item.ack.entry_id)
-        # A dead adapter's reply stream expires instead of growing forever.
-        for stream in touched:
+        expiring = self._due_for_expiry(touched)
+        for stream in expiring:
             pipe.expire(stream, self.settings.reply_stream_ttl_s)
         for shard, entry_ids in acks.items():
             request_stream = keys.request_stream(shard)
             pipe.xack(request_stream, keys.ENGINE_GROUP, *entry_ids)
             pipe.xdel(request_stream, *entry_ids)
+        return expiring
+
+    def _due_for_expiry(self, streams: set[str]) -> list[str]:
+        """A dead adapter's reply stream expires instead of growing forever. Its TTL is set
+        again at most every tenth of the TTL: not one EXPIRE per batch."""
+        ttl_s = self.settings.reply_stream_ttl_s
+        now_s = time.monotonic()
+        return [s for s in streams if now_s - self._expiry_set_s.get(s, -ttl_s) >= ttl_s / 10]
