@@ -145,9 +145,7 @@ class ParleyClient:
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
         outbox, self._outbox = self._outbox, []
-        for item in outbox:
-            if not item.done.done():
-                item.done.set_exception(QueueError("the queue client was closed"))
+        _fail(outbox, QueueError("the queue client was closed"))
         for request_id, box in list(self._mailboxes.items()):
             box.put(
                 Error(
@@ -220,12 +218,13 @@ class ParleyClient:
                 added_counts = [await _BOUNDED_XADD(self.redis, *calls[0][1:])]
             else:
                 added_counts = await call_all(self.redis, calls)
+        except asyncio.CancelledError:  # closing: nobody may wait for these forever
+            _fail(batch, QueueError("the queue client was closed"))
+            raise
         except Exception as e:  # settle every future whatever failed; the loop goes on
             error = QueueError(f"could not enqueue {len(batch)} request(s): {e}")
             error.__cause__ = e
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(error)
+            _fail(batch, error)
             return
         for items, added in zip(by_stream.values(), added_counts, strict=True):
             for i, item in enumerate(items):
@@ -353,3 +352,9 @@ class ParleyClient:
         if wire.is_final(event):
             # Later copies of this request's events are now "unknown" and dropped.
             del self._mailboxes[event.request_id]
+
+
+def _fail(batch: list[_Outbound], error: QueueError) -> None:
+    for item in batch:
+        if not item.done.done():
+            item.done.set_exception(error)
