@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -15,7 +14,7 @@ import torch
 
 from bot import keys
 from bot.errors import ConfigError, ModelError
-from bot.queue import RequestConsumer
+from bot.queue import RequestConsumer, ShardLeases, cancel_and_wait
 from bot.registry import ModelRegistry
 from bot.settings import Settings
 from engine.checkpoint import Checkpoint, load_checkpoint
@@ -74,15 +73,20 @@ async def serve(
     scheduler = Scheduler(checkpoint, settings.engine, settings.sampling, device)
     consumer = RequestConsumer(redis, settings.redis, consumer=worker_id)
     worker = EngineWorker(settings, redis, consumer, scheduler, worker_id)
+    # Shards are leased so a conversation stays on the worker that holds its cached state;
+    # a dead worker's shards (and pending requests) move to the others.
+    leases = ShardLeases(redis, settings.redis, worker_id)
+    lease_stop = asyncio.Event()
+    leasing = asyncio.create_task(leases.run(consumer, lease_stop), name="leases")
     swaps = asyncio.create_task(_follow_swaps(settings, redis, scheduler, device), name="swaps")
     if ready is not None:
         ready.set()
     try:
         await worker.run(stop)
     finally:
-        swaps.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await swaps
+        lease_stop.set()
+        await cancel_and_wait([swaps])
+        await leasing
 
 
 async def _follow_swaps(

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from bot import keys, wire
 from bot.errors import WireError
-from bot.queue import Delivery, Outgoing, RequestConsumer
+from bot.queue import Delivery, Outgoing, RequestConsumer, cancel_and_wait
 from bot.settings import Settings
 from bot.wire import ChatRequest, Delta, Done, Error, Exchange, ReplyEvent, Turn
 from engine.scheduler import Scheduler
@@ -83,9 +83,7 @@ class EngineWorker:
         finally:
             torch_stop.set()
             await asyncio.to_thread(torch_thread.join, 10.0)
-            for task in (writer, heartbeat):
-                task.cancel()
-            await asyncio.gather(writer, heartbeat, return_exceptions=True)
+            await cancel_and_wait([writer, heartbeat])
             await self._redis.hdel(keys.ENGINES, self._worker_id)
 
     # -- reading -----------------------------------------------------------------------
