@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import msgspec
 import pytest
+import torch
 
 from bot.queue.items import Delivery
 from bot.settings import EngineSettings, SamplingSettings
@@ -179,7 +181,9 @@ def test_hot_swap_loses_no_request(ckpt, tmp_path: Path) -> None:
     outputs = list(s._outputs)
     s._outputs = []
     outputs += run_all(s, works[3:])
-    for _ in range(200):
+    for _ in range(2000):
+        if sum(isinstance(o, Finished) for o in outputs) == len(works):
+            break
         s.step_once()
         outputs.extend(s._outputs)
         s._outputs = []
@@ -195,3 +199,88 @@ def test_empty_message_is_a_clear_error(ckpt) -> None:
         s.step_once()
     failed = [o for o in s._outputs if o.__class__.__name__ == "Failed"]
     assert failed and failed[0].error.code == "bad_request"
+
+
+def replies_of(outputs: list[Output]) -> dict[str, tuple[str, int]]:
+    return {
+        o.work.request.id: (o.done.text, o.done.completion_tokens)
+        for o in outputs
+        if isinstance(o, Finished)
+    }
+
+
+@pytest.mark.parametrize("prefill_chunk_tokens", [16, 64])
+def test_rows_joining_and_leaving_mid_batch_never_mix_states(ckpt, prefill_chunk_tokens) -> None:
+    """Randomised: a 3-row batch with requests arriving while others decode and finishing at
+    different lengths (rows leave and the last row moves in) — each gets its solo reply."""
+    rng = random.Random(11)
+    words = ["hi", "hello there", "what did you do this weekend?", "你好", "music", "ok"]
+    works = [
+        make_work(f"c{i}", rng.choice(words), rid=f"r{i}",
+                  sampling=Sampling(temperature=0.0, max_new_tokens=rng.randint(1, 14)))
+        for i in range(12)
+    ]
+    s = make_scheduler(ckpt, max_batch=3, prefill_chunk_tokens=prefill_chunk_tokens)
+    outputs: list[Output] = []
+    pending = list(works)
+    for _ in range(3000):
+        if pending and rng.random() < 0.3:
+            s.submit(pending.pop(0))
+        s.step_once()
+        outputs.extend(s._outputs)
+        s._outputs = []
+        if not pending and len(replies_of(outputs)) == len(works):
+            break
+    got = replies_of(outputs)
+    assert len(got) == len(works)
+    for w in works:
+        alone = replies_of(run_all(make_scheduler(ckpt), [w]))
+        assert got[w.request.id] == alone[w.request.id]
+
+
+def test_ignore_eot_generates_exactly_max_new_tokens(ckpt) -> None:
+    settings = EngineSettings(stream_interval_ms=0, prefill_chunk_tokens=16)
+    s = Scheduler(ckpt, settings, SamplingSettings(), ckpt.model.device, ignore_eot=True)
+    sampling = Sampling(temperature=1.5, seed=3, max_new_tokens=9)
+    works = [make_work(f"c{i}", "hello", rid=f"r{i}", sampling=sampling) for i in range(5)]
+    done = [o.done for o in run_all(s, list(works)) if isinstance(o, Finished)]
+    assert [d.completion_tokens for d in done] == [9] * 5
+    assert {d.finish_reason for d in done} == {"length"}
+
+
+def test_stop_string_ends_the_reply_before_it(ckpt) -> None:
+    for seed in range(30):  # a seeded reply long enough to cut in the middle
+        sampling = Sampling(temperature=1.0, seed=seed, max_new_tokens=20)
+        free = make_work("c", "hello", rid="free", sampling=sampling)
+        text = replies(run_all(make_scheduler(ckpt), [free]))["free"]
+        if len(text.strip()) >= 6 and text[3:5].strip() == text[3:5] and text.find(text[3:5]) == 3:
+            break
+    else:
+        raise AssertionError("no seed gave a reply long enough to cut")
+    stop = text[3:5]
+    cut = make_work("c", "hello", rid="cut", sampling=msgspec.structs.replace(sampling, stop=(stop,)))
+    done = next(o.done for o in run_all(make_scheduler(ckpt), [cut]) if isinstance(o, Finished))
+    assert done.finish_reason == "stop"
+    assert done.text == text[:3].strip()
+
+
+def test_bf16_serving_batched_equals_unbatched(ckpt) -> None:
+    def bf16_scheduler() -> Scheduler:
+        settings = EngineSettings(stream_interval_ms=0, prefill_chunk_tokens=64)
+        return Scheduler(ckpt, settings, SamplingSettings(), ckpt.model.device,
+                         decode_dtype=torch.bfloat16)
+
+    texts = ["hello", "what did you do this weekend?", "你好"]
+    works = [make_work(f"c{i}", t) for i, t in enumerate(texts)]
+    batched = replies(run_all(bf16_scheduler(), list(works)))
+    for w in works:
+        assert replies(run_all(bf16_scheduler(), [w]))[w.request.id] == batched[w.request.id]
+
+
+def test_progress_comes_at_the_stream_interval_not_per_token(ckpt) -> None:
+    settings = EngineSettings(stream_interval_ms=60_000, prefill_chunk_tokens=16)
+    s = Scheduler(ckpt, settings, SamplingSettings(), ckpt.model.device, ignore_eot=True)
+    w = make_work("c", "hello", sampling=Sampling(temperature=1.0, seed=1, max_new_tokens=30))
+    out = run_all(s, [w])
+    assert sum(isinstance(o, Progress) for o in out) <= 1  # the first token's, then silence
+    assert replies_of(out)[w.request.id][1] == 30
