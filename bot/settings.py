@@ -78,6 +78,9 @@ class EngineSettings(_Section):
     """0 = torch's default."""
     cuda_graphs: bool = True
     heartbeat_s: float = Field(2.0, gt=0)
+    metrics_port: int = Field(0, ge=0, le=65535)
+    """``parley engine`` serves Prometheus metrics on this port (0 = off; ``parley run``
+    serves them on the web adapter's ``/metrics``)."""
 
 
 class WebSettings(_Section):

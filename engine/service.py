@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import click
+import prometheus_client
 import redis.asyncio as aioredis
 import torch
 
@@ -121,6 +122,9 @@ def engine_command(settings: Settings) -> None:
     from bot.runtime import find_redis_url, stop_event_on_signals
 
     async def main() -> None:
+        if settings.engine.metrics_port:
+            prometheus_client.start_http_server(settings.engine.metrics_port)
+            log.info("metrics on :%d/metrics", settings.engine.metrics_port)
         redis = await connect(find_redis_url(settings))
         try:
             await serve(settings, redis, stop_event_on_signals())
