@@ -87,6 +87,18 @@ def sample_next(
     return next_tokens(logits, recent_ids(generated, logits.device), batch).tolist()  # type: ignore[no-any-return]
 
 
+def temperature_probs(logits: Tensor, temperature: Tensor, any_greedy: bool = True) -> Tensor:
+    """:func:`logits_to_probs` for rows without top-k or top-p, minus its sort: (B, V) logits
+    -> probabilities at each row's temperature; temperature 0 = a one-hot at the argmax."""
+    greedy = temperature <= 0  # (B,)
+    t = torch.where(greedy, 1.0, temperature).to(torch.float32)
+    probs = (logits.float() / t[:, None]).softmax(dim=-1)  # (B, V)
+    if not any_greedy:
+        return probs
+    one_hot = torch.zeros_like(probs).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
+    return torch.where(greedy[:, None], one_hot, probs)
+
+
 class RowSampler:
     """Sampling state of a decode batch's rows 0..n-1, on the batch's device."""
 
@@ -109,6 +121,8 @@ class RowSampler:
         self._banned = torch.tensor(banned, dtype=torch.long, device=device) if banned else None
         self._seeded = [False] * max_batch
         self._penalised = [False] * max_batch
+        self._filtered = [False] * max_batch  # top-k or top-p: needs the sort
+        self._greedy = [False] * max_batch
 
     def join(self, row: int, params: SamplingParams, generated: Sequence[int]) -> None:
         """Row ``row`` samples under ``params`` from now on; ``generated`` so far, oldest first."""
@@ -124,14 +138,16 @@ class RowSampler:
         self.generators[row] = r.generator
         self._seeded[row] = r.generator is not None
         self._penalised[row] = r.repetition_penalty != 1.0
+        self._filtered[row] = r.top_k > 0 or r.top_p < 1.0
+        self._greedy[row] = r.temperature <= 0
 
     def move(self, src: int, dst: int) -> None:
         """Row ``src``'s state moves to row ``dst`` (the batch compacts after a row leaves)."""
         for t in (self.temperature, self.top_k, self.top_p, self.penalty, self.recent, self.cursor):
             t[dst] = t[src]
         self.generators[dst] = self.generators[src]
-        self._seeded[dst] = self._seeded[src]
-        self._penalised[dst] = self._penalised[src]
+        for flags in (self._seeded, self._penalised, self._filtered, self._greedy):
+            flags[dst] = flags[src]
 
     def sample(self, logits: Tensor) -> Tensor:
         """(n, V) logits of rows 0..n-1 -> (n,) next ids, each row under its own options."""
@@ -141,7 +157,10 @@ class RowSampler:
             logits = logits.index_fill(1, self._banned, -torch.inf)
         if any(self._penalised[:n]):
             logits = apply_repetition_penalty(logits, self.recent[:n], self.penalty[:n])
-        probs = logits_to_probs(logits, self.temperature[:n], self.top_k[:n], self.top_p[:n])
+        if any(self._filtered[:n]):
+            probs = logits_to_probs(logits, self.temperature[:n], self.top_k[:n], self.top_p[:n])
+        else:
+            probs = temperature_probs(logits, self.temperature[:n], any(self._greedy[:n]))
         # One draw for the whole batch unless a row is seeded (then one per row, from its own).
         generators = self.generators[:n] if any(self._seeded[:n]) else None
         ids = sample(probs, generators)  # (n,)

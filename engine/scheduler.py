@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05
 MIN_PREFILL_CHUNK = 16
-"""The smallest chunk a prefill pass feeds a row: passes hold prefill_chunk_tokens / 16 rows."""
+"""The smallest chunk a prefill pass feeds a row, so a pass holds up to prefill_chunk_tokens / 16
+rows (a GRU's, whose cost is per timestep whatever the rows, up to max_batch)."""
 STOP_TAIL_TOKENS_PER_CHAR = 4
 """A stop string of m characters lies within the last 4m tokens (a token is >= 1 byte)."""
 
@@ -139,6 +140,9 @@ class Scheduler:
         model, max_batch = checkpoint.model, self._engine.max_batch
         decoder = serving_copy(model, self._decode_dtype)
         prefill_rows = min(max_batch, self._engine.prefill_chunk_tokens // MIN_PREFILL_CHUNK)
+        if model.max_context is None:
+            # A recurrent prefill costs per timestep, nearly nothing per row: take them all.
+            prefill_rows = max_batch
         cuda_graphs = self._engine.cuda_graphs and self._device.type == "cuda"
         banned = [checkpoint.tokenizer.eot_id] if self._ignore_eot else []
         return _Model(

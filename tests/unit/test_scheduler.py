@@ -20,12 +20,23 @@ from tests.unit.engine_fixtures import tiny_checkpoint
 GREEDY = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
 
 
-def make_work(conv: str, text: str, history: tuple[Turn, ...] = (), *, rid: str | None = None,
-              sampling: Sampling = GREEDY, spilled: bytes | None = None,
-              client_history: bool = False) -> Work:
+def make_work(
+    conv: str,
+    text: str,
+    history: tuple[Turn, ...] = (),
+    *,
+    rid: str | None = None,
+    sampling: Sampling = GREEDY,
+    spilled: bytes | None = None,
+    client_history: bool = False,
+) -> Work:
     request = ChatRequest(
-        id=rid or f"{conv}-{text}", conversation=conv, reply_to="test", text=text,
-        sampling=sampling, history=history if client_history else None,
+        id=rid or f"{conv}-{text}",
+        conversation=conv,
+        reply_to="test",
+        text=text,
+        sampling=sampling,
+        history=history if client_history else None,
     )
     return Work(Delivery(0, "0-1", request), request, history, spilled, 0.0)
 
@@ -133,7 +144,9 @@ def test_state_never_crosses_conversations(ckpt) -> None:
     mixed = make_scheduler(ckpt)
     histories: dict[str, tuple[Turn, ...]] = {c: () for c in convs}
     for turn in range(3):
-        batch = [make_work(c, msgs[turn], histories[c], rid=f"{c}-{turn}") for c, msgs in convs.items()]
+        batch = [
+            make_work(c, msgs[turn], histories[c], rid=f"{c}-{turn}") for c, msgs in convs.items()
+        ]
         rng.shuffle(batch)
         got = replies(run_all(mixed, list(batch)))
         for w in batch:
@@ -216,8 +229,12 @@ def test_rows_joining_and_leaving_mid_batch_never_mix_states(ckpt, prefill_chunk
     rng = random.Random(11)
     words = ["hi", "hello there", "what did you do this weekend?", "你好", "music", "ok"]
     works = [
-        make_work(f"c{i}", rng.choice(words), rid=f"r{i}",
-                  sampling=Sampling(temperature=0.0, max_new_tokens=rng.randint(1, 14)))
+        make_work(
+            f"c{i}",
+            rng.choice(words),
+            rid=f"r{i}",
+            sampling=Sampling(temperature=0.0, max_new_tokens=rng.randint(1, 14)),
+        )
         for i in range(12)
     ]
     s = make_scheduler(ckpt, max_batch=3, prefill_chunk_tokens=prefill_chunk_tokens)
@@ -258,7 +275,9 @@ def test_stop_string_ends_the_reply_before_it(ckpt) -> None:
     else:
         raise AssertionError("no seed gave a reply long enough to cut")
     stop = text[3:5]
-    cut = make_work("c", "hello", rid="cut", sampling=msgspec.structs.replace(sampling, stop=(stop,)))
+    cut = make_work(
+        "c", "hello", rid="cut", sampling=msgspec.structs.replace(sampling, stop=(stop,))
+    )
     done = next(o.done for o in run_all(make_scheduler(ckpt), [cut]) if isinstance(o, Finished))
     assert done.finish_reason == "stop"
     assert done.text == text[:3].strip()
@@ -267,8 +286,9 @@ def test_stop_string_ends_the_reply_before_it(ckpt) -> None:
 def test_bf16_serving_batched_equals_unbatched(ckpt) -> None:
     def bf16_scheduler() -> Scheduler:
         settings = EngineSettings(stream_interval_ms=0, prefill_chunk_tokens=64)
-        return Scheduler(ckpt, settings, SamplingSettings(), ckpt.model.device,
-                         decode_dtype=torch.bfloat16)
+        return Scheduler(
+            ckpt, settings, SamplingSettings(), ckpt.model.device, decode_dtype=torch.bfloat16
+        )
 
     texts = ["hello", "what did you do this weekend?", "你好"]
     works = [make_work(f"c{i}", t) for i, t in enumerate(texts)]

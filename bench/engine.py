@@ -1,0 +1,532 @@
+"""Benchmark of the engine: batching throughput, follow-up latency, queue overhead, end to end.
+
+Prints one JSON object. Every ratio compares two measurements taken in this one run, on the
+same machine, model and thread count (on a shared machine absolute numbers drift; each side
+is measured ``--repeats`` times, interleaved, and its best run kept):
+
+- ``gru_throughput_ratio`` / ``transformer_throughput_ratio``: tokens/s of 64 concurrent
+  conversations through the scheduler, over a one-request-at-a-time loop on the same model —
+  for the GRU the classic char-RNN loop (batch 1, one token per step, carrying the hidden
+  state), for the GPT nanoGPT's ``generate`` (re-runs the whole context every step). Default
+  presets, random weights; both sides generate exactly ``max_new_tokens`` per request
+  (end-of-turn banned) and sample with temperature 0.8 and nothing else.
+- ``followup_ttft_ratio``: time to first token of a follow-up continuing the cached state of a
+  2,000-character conversation, over the same follow-up recomputed from that history (GRU;
+  the GPT's figure, whose recompute is capped by its window, is ``..._gpt``).
+- ``queue_p50_ms``, ``queue_p99_ms``, ``queue_msgs_per_s``: ``bench.queue``'s measurement
+  (stub engine in its own process: adapter XADD -> engine -> reply stream -> adapter).
+- ``e2e_fraction``: tokens/s of 64 concurrent users chatting through the web adapter
+  (HTTP + SSE), Redis and an engine worker in its own process, over the bare scheduler's
+  tokens/s on the same requests.
+
+Usage: ``python -m bench.engine [--quick] [--redis-url URL] [--threads N]``. Redis: database 7
+of the Redis on 127.0.0.1:6379 (flushed before and after) unless ``--redis-url`` is given,
+else an embedded server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file, this folder would shadow the `engine` package: run as a module.
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", "bench.engine", *sys.argv[1:]])
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import statistics
+import string
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import torch
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from bench import queue as queue_bench
+from bot.queue import Delivery, RequestConsumer
+from bot.redis import connect
+from bot.registry import ModelRegistry
+from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings
+from bot.wire import ChatRequest, Sampling, Turn
+from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from engine.metrics import EngineMetrics
+from engine.models import build_model, preset_config
+from engine.scheduler import Scheduler
+from engine.tokenizer import train_char_tokenizer
+from engine.work import Finished, Work
+from engine.worker import EngineWorker
+
+log = logging.getLogger("bench.engine")
+
+E2E_DB = 7
+TEMPERATURE = 0.8
+PLAIN = Sampling(temperature=TEMPERATURE, top_k=0, top_p=1.0, repetition_penalty=1.0)
+"""What both sides of a throughput comparison sample with: the classic loop's temperature."""
+MESSAGE = "hey, what did you get up to this weekend? anything fun?"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    concurrency: int = 64
+    gru_new_tokens: int = 256
+    gpt_new_tokens: int = 128
+    gru_baseline_requests: int = 8
+    gpt_baseline_requests: int = 2
+    history_chars: int = 2_000
+    ttft_repeats: int = 5
+    e2e_requests: int = 256
+    e2e_new_tokens: int = 128
+    queue_requests: int = 2_000
+    queue_throughput_requests: int = 20_000
+
+
+QUICK = Sizes(
+    concurrency=16,
+    gru_new_tokens=32,
+    gpt_new_tokens=16,
+    gru_baseline_requests=2,
+    gpt_baseline_requests=1,
+    ttft_repeats=2,
+    e2e_requests=32,
+    e2e_new_tokens=16,
+    queue_requests=200,
+    queue_throughput_requests=2_000,
+)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def bench_checkpoint(directory: Path, preset: str) -> Checkpoint:
+    """A randomly initialised ``preset`` with a character vocabulary, saved and loaded back."""
+    torch.manual_seed(0)
+    tokenizer = train_char_tokenizer([string.printable])
+    model = build_model(preset_config(preset, tokenizer.vocab_size))
+    path = save_checkpoint(
+        directory / preset,
+        model,
+        tokenizer,
+        preset=preset,
+        metrics={},
+        provenance={},
+        overwrite=True,
+    )
+    return load_checkpoint(path, device="cpu")
+
+
+def scheduler_for(
+    ckpt: Checkpoint, sizes_new: int, decode_dtype: torch.dtype | None, **engine: Any
+) -> Scheduler:
+    settings = EngineSettings(max_batch=64, **engine)
+    return Scheduler(
+        ckpt,
+        settings,
+        SamplingSettings(max_new_tokens=sizes_new),
+        torch.device("cpu"),
+        metrics=EngineMetrics("bench", CollectorRegistry()),
+        decode_dtype=decode_dtype,
+        ignore_eot=True,
+    )
+
+
+def chat_work(
+    i: int,
+    text: str = MESSAGE,
+    history: tuple[Turn, ...] = (),
+    sampling: Sampling = PLAIN,
+    conversation: str | None = None,
+) -> Work:
+    request = ChatRequest(
+        id=f"r{i}-{uuid.uuid4().hex[:6]}",
+        conversation=conversation or f"c{i}",
+        reply_to="bench",
+        text=text,
+        sampling=sampling,
+    )
+    return Work(Delivery(0, "0-0", request), request, history, None, time.monotonic())
+
+
+def drive(s: Scheduler, works: list[Work], concurrency: int) -> list[Finished]:
+    """Keep ``concurrency`` requests in flight until every one of ``works`` is answered."""
+    todo = list(reversed(works))
+    in_flight, done = 0, []
+    while todo or in_flight:
+        while todo and in_flight < concurrency:
+            s.submit(todo.pop())
+            in_flight += 1
+        s.step_once()
+        finished = [o for o in s._outputs if isinstance(o, Finished)]
+        s._outputs = []
+        done += finished
+        in_flight -= len(finished)
+    return done
+
+
+def engine_tokens_per_s(
+    s: Scheduler, n: int, concurrency: int, sampling: Sampling = PLAIN
+) -> float:
+    works = [chat_work(i, sampling=sampling) for i in range(n)]
+    start = time.perf_counter()
+    done = drive(s, works, concurrency)
+    return sum(f.done.completion_tokens for f in done) / (time.perf_counter() - start)
+
+
+# -- the one-request-at-a-time baselines ----------------------------------------------------------
+
+
+def prompt_ids(ckpt: Checkpoint) -> list[int]:
+    return ckpt.tokenizer.encode(f"<|user|>{MESSAGE}<|eot|><|bot|>")
+
+
+def sample_plain(logits: torch.Tensor, eot: int) -> torch.Tensor:
+    """The classic step: scale by the temperature, softmax, draw (end-of-turn banned)."""
+    logits = logits / TEMPERATURE
+    logits[..., eot] = -torch.inf
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)  # (1, 1)
+
+
+@torch.inference_mode()
+def char_rnn_loop(ckpt: Checkpoint, new_tokens: int) -> int:
+    """The classic char-RNN sampler: feed the prompt, then one character per step, carrying
+    the hidden state. Returns the tokens generated."""
+    model, tok = ckpt.model, ckpt.tokenizer
+    logits, state = model(torch.tensor([prompt_ids(ckpt)]), None, last_only=True)
+    text = []
+    for i in range(new_tokens):
+        nxt = sample_plain(logits[0], tok.eot_id)  # (1, 1)
+        text.append(tok.decode(nxt[0].tolist()))
+        if i + 1 < new_tokens:
+            logits, state = model(nxt, state, last_only=True)
+    return len(text)
+
+
+@torch.inference_mode()
+def nanogpt_generate(ckpt: Checkpoint, new_tokens: int) -> int:
+    """nanoGPT's ``generate``: every step re-runs the (window-cropped) context from scratch."""
+    model, block = ckpt.model, ckpt.config.block_size
+    idx = torch.tensor([prompt_ids(ckpt)])
+    for _ in range(new_tokens):
+        logits, _ = model(idx[:, -block:], None, last_only=True)
+        idx = torch.cat((idx, sample_plain(logits[:, -1], ckpt.tokenizer.eot_id)), dim=1)
+    return new_tokens
+
+
+def loop_tokens_per_s(
+    loop: Callable[[Checkpoint, int], int], ckpt: Checkpoint, n: int, new_tokens: int
+) -> float:
+    start = time.perf_counter()
+    tokens = sum(loop(ckpt, new_tokens) for _ in range(n))
+    return tokens / (time.perf_counter() - start)
+
+
+def best_of(repeats: int, *measures: Callable[[], float]) -> list[float]:
+    """Each measure's best of ``repeats`` runs, the measures interleaved (drift hits all)."""
+    runs: list[list[float]] = [[] for _ in measures]
+    for _ in range(repeats):
+        for got, measure in zip(runs, measures, strict=True):
+            got.append(measure())
+    return [max(got) for got in runs]
+
+
+def throughput(ckpt: Checkpoint, name: str, sizes: Sizes, repeats: int) -> dict[str, Any]:
+    arch = ckpt.config.arch
+    new = sizes.gru_new_tokens if arch == "gru" else sizes.gpt_new_tokens
+    loop, n_base = (
+        (char_rnn_loop, sizes.gru_baseline_requests)
+        if arch == "gru"
+        else (nanogpt_generate, sizes.gpt_baseline_requests)
+    )
+    fp32 = scheduler_for(ckpt, new, None)
+    measures = [
+        lambda: loop_tokens_per_s(loop, ckpt, n_base, new),
+        lambda: engine_tokens_per_s(fp32, sizes.concurrency, sizes.concurrency),
+    ]
+    bf16 = scheduler_for(ckpt, new, torch.bfloat16)
+    measures.append(lambda: engine_tokens_per_s(bf16, sizes.concurrency, sizes.concurrency))
+    engine_tokens_per_s(fp32, sizes.concurrency, sizes.concurrency)  # warm up both engines
+    engine_tokens_per_s(bf16, sizes.concurrency, sizes.concurrency)
+    base, eng32, eng16 = best_of(repeats, *measures)
+    best, dtype = (eng16, "bfloat16") if eng16 > eng32 else (eng32, "float32")
+    return {
+        f"{name}_throughput_ratio": round(best / base, 2),
+        f"{name}_throughput_ratio_fp32": round(eng32 / base, 2),
+        f"{name}_engine_tokens_per_s": round(best),
+        f"{name}_engine_fp32_tokens_per_s": round(eng32),
+        f"{name}_engine_bf16_tokens_per_s": round(eng16),
+        f"{name}_engine_decode_dtype": dtype,
+        f"{name}_baseline_tokens_per_s": round(base, 1),
+        f"{name}_new_tokens": new,
+        f"{name}_concurrency": sizes.concurrency,
+    }
+
+
+# -- follow-up time to first token ----------------------------------------------------------------
+
+
+def long_history(chars: int) -> tuple[Turn, ...]:
+    turns: list[Turn] = []
+    line = "so what do you think about that, honestly? tell me more about your day. "
+    while sum(len(t.text) for t in turns) < chars:
+        role = "user" if len(turns) % 2 == 0 else "bot"
+        turns.append(Turn(role, line[: 40 + 7 * (len(turns) % 5)]))  # type: ignore[arg-type]
+    return tuple(turns)
+
+
+def followup_ttft_ms(ckpt: Checkpoint, sizes: Sizes) -> tuple[float, float]:
+    """Median TTFT of a follow-up (cached state, recomputed history), in milliseconds."""
+    history = long_history(sizes.history_chars)
+    greedy = Sampling(temperature=0.0, max_new_tokens=16)
+    cached_ms, fresh_ms = [], []
+    for i in range(sizes.ttft_repeats):
+        conv = f"ttft-{i}"
+        s = scheduler_for(ckpt, 16, None)
+        # The first exchange leaves the conversation's state in the cache...
+        first = drive(s, [chat_work(i, "hello!", history, greedy, conv)], 1)[0]
+        history2 = (*history, Turn("user", "hello!"), Turn("bot", first.done.text))
+        follow = chat_work(i, "and then?", history2, greedy, conv)
+        cached_ms.append(drive(s, [follow], 1)[0].done.ttft_ms)
+        # ...which a fresh engine does not have: it recomputes from the stored history.
+        fresh = scheduler_for(ckpt, 16, None)
+        fresh_ms.append(
+            drive(fresh, [chat_work(i, "and then?", history2, greedy, conv)], 1)[0].done.ttft_ms
+        )
+    return statistics.median(cached_ms), statistics.median(fresh_ms)
+
+
+def followup(grus: Checkpoint, gpt: Checkpoint, sizes: Sizes) -> dict[str, Any]:
+    out: dict[str, Any] = {"followup_history_chars": sizes.history_chars}
+    for name, ckpt in (("", grus), ("_gpt", gpt)):
+        cached, fresh = followup_ttft_ms(ckpt, sizes)
+        out[f"followup_ttft_ratio{name}"] = round(cached / fresh, 3)
+        out[f"followup_ttft_cached_ms{name}"] = round(cached, 2)
+        out[f"followup_ttft_recompute_ms{name}"] = round(fresh, 2)
+    return out
+
+
+# -- queue overhead (bench.queue's measurement) ---------------------------------------------------
+
+
+def queue_figures(redis_url: str | None, sizes: Sizes) -> dict[str, Any]:
+    args = argparse.Namespace(
+        requests=sizes.queue_requests,
+        throughput_requests=sizes.queue_throughput_requests,
+        concurrency=128,
+        shards=4,
+    )
+    with queue_bench.redis_url(redis_url) as url:
+        got = asyncio.run(queue_bench.measure(url, args))
+    return {k: v for k, v in got.items() if k.startswith(("queue_", "ping_", "p50_"))}
+
+
+# -- end to end: web adapter + Redis + engine worker ----------------------------------------------
+
+
+def e2e_settings(url: str, data_dir: Path, new_tokens: int) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        redis=RedisSettings(url=url, shards=4, max_stream_len=100_000),
+        engine=EngineSettings(max_batch=64, read_block_ms=5),
+        sampling=SamplingSettings(max_new_tokens=new_tokens),
+    )
+
+
+def engine_process(
+    url: str, ckpt_dir: str, settings_json: str, threads: int, ready: MpEvent, stop: MpEvent
+) -> None:
+    """An engine worker serving the checkpoint until ``stop`` (its own process, as in prod)."""
+    if threads:
+        torch.set_num_threads(threads)
+    settings = Settings.model_validate_json(settings_json)
+
+    async def main() -> None:
+        redis = await connect(url)
+        ckpt = load_checkpoint(Path(ckpt_dir), device="cpu")
+        scheduler = Scheduler(
+            ckpt,
+            settings.engine,
+            settings.sampling,
+            torch.device("cpu"),
+            metrics=EngineMetrics("bench", CollectorRegistry()),
+            ignore_eot=True,
+        )
+        consumer = RequestConsumer(redis, settings.redis, consumer="bench-engine")
+        worker = EngineWorker(settings, redis, consumer, scheduler, "bench-engine")
+        done = asyncio.Event()
+        task = asyncio.create_task(worker.run(done))
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        done.set()
+        await task
+        await redis.aclose()
+
+    asyncio.run(main())
+
+
+async def chat_over_http(session: aiohttp.ClientSession, base: str) -> int:
+    """One chat through POST /api/chat; the completion tokens of its ``done`` event."""
+    body = {"conversation": uuid.uuid4().hex, "text": MESSAGE}
+    async with session.post(f"{base}/api/chat", json=body) as response:
+        response.raise_for_status()
+        event = ""
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event in ("done", "error"):
+                data = json.loads(line[6:])
+                if event == "error":
+                    raise RuntimeError(f"chat failed: {data}")
+                return int(data["completion_tokens"])
+    raise RuntimeError("the reply stream ended without a done event")
+
+
+async def web_load(settings: Settings, n: int, concurrency: int) -> float:
+    """Serve the web adapter here and chat ``n`` times, ``concurrency`` users at once."""
+    from adapters.web.app import create_app  # the adapter needs no torch; imported late
+
+    redis = await connect(settings.redis.url or "")
+    app = create_app(
+        settings, redis, adapter_id="bench-web", registry=ModelRegistry(settings.models_dir)
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    base = f"http://127.0.0.1:{port}"
+    counter = iter(range(n))
+    tokens = 0
+
+    async def user(session: aiohttp.ClientSession) -> None:
+        nonlocal tokens
+        for _ in counter:
+            tokens += await chat_over_http(session, base)
+
+    try:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await chat_over_http(session, base)  # warm up every path once
+            start = time.perf_counter()
+            await asyncio.gather(*(user(session) for _ in range(concurrency)))
+            elapsed = time.perf_counter() - start
+    finally:
+        await runner.cleanup()
+        await redis.aclose()
+    return tokens / elapsed
+
+
+@contextlib.contextmanager
+def e2e_redis(given: str | None) -> Iterator[str]:
+    with queue_bench.redis_url(given) as url:
+        if given is None and url == queue_bench.DEFAULT_URL:
+            url = url.rsplit("/", 1)[0] + f"/{E2E_DB}"
+        yield url
+
+
+async def _flush(url: str) -> None:
+    redis = await connect(url)
+    await redis.flushdb()
+    await redis.aclose()
+
+
+def end_to_end(
+    ckpt: Checkpoint, sizes: Sizes, redis_url: str | None, threads: int, repeats: int
+) -> dict[str, Any]:
+    bare = scheduler_for(ckpt, sizes.e2e_new_tokens, None)
+    default = Sampling()  # what the web page sends: the engine's default sampling
+    engine_tokens_per_s(bare, sizes.concurrency, sizes.concurrency, default)  # warm up
+    with e2e_redis(redis_url) as url, tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(_flush(url))
+        settings = e2e_settings(url, Path(tmp), sizes.e2e_new_tokens)
+        ctx = mp.get_context("spawn")
+        ready, stop = ctx.Event(), ctx.Event()
+        proc = ctx.Process(
+            target=engine_process,
+            args=(url, str(ckpt.path), settings.model_dump_json(), threads, ready, stop),
+            daemon=True,
+        )
+        proc.start()
+        try:
+            if not ready.wait(120):
+                raise SystemExit("the engine process did not start")
+            bare_tps, web_tps = best_of(
+                repeats,
+                lambda: engine_tokens_per_s(bare, sizes.e2e_requests, sizes.concurrency, default),
+                lambda: asyncio.run(web_load(settings, sizes.e2e_requests, sizes.concurrency)),
+            )
+        finally:
+            stop.set()
+            proc.join(30)
+            if proc.is_alive():
+                proc.terminate()
+            asyncio.run(_flush(url))
+    return {
+        "e2e_fraction": round(web_tps / bare_tps, 3),
+        "e2e_tokens_per_s": round(web_tps),
+        "e2e_bare_engine_tokens_per_s": round(bare_tps),
+        "e2e_model": ckpt.preset,
+        "e2e_users": sizes.concurrency,
+        "e2e_requests": sizes.e2e_requests,
+        "e2e_new_tokens": sizes.e2e_new_tokens,
+    }
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per side (best kept)")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["throughput", "ttft", "queue", "e2e"]
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = QUICK if args.quick else Sizes()
+    repeats = args.repeats or (1 if args.quick else 3)
+    result: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "quick": args.quick,
+    }
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        gru, gpt = bench_checkpoint(Path(tmp), "gru"), bench_checkpoint(Path(tmp), "gpt")
+        if "throughput" not in args.skip:
+            result |= throughput(gru, "gru", sizes, repeats)
+            result |= throughput(gpt, "transformer", sizes, repeats)
+        if "ttft" not in args.skip:
+            result |= followup(gru, gpt, sizes)
+        if "queue" not in args.skip:
+            result |= queue_figures(args.redis_url, sizes)
+        if "e2e" not in args.skip:
+            result |= end_to_end(gpt, sizes, args.redis_url, args.threads, repeats)
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
