@@ -63,6 +63,9 @@ class _Model:
     decode: DecodeBatch
     sampler: RowSampler
     """The decode rows' sampling state, row for row."""
+    banned: list[int]
+    """Tokens never sampled: specials other than end-of-turn (a reply that contained one
+    would decode to less than its state consumed, so its cache entry would lie)."""
     prefilling: list[_Sequence] = field(default_factory=list)
     """``prefilling[i]`` feeds its prompt in row i of ``prefill``."""
     rows: list[_Sequence] = field(default_factory=list)
@@ -103,9 +106,10 @@ class _Sequence:
 class Scheduler:
     """Turns :class:`Work` into outputs, batching every running sequence into one step.
 
-    ``decode_dtype`` overrides the dtype decode steps run in (e.g. bf16 on a CPU with native
-    bf16 dot products; prefill stays in the model's dtype). ``ignore_eot`` never samples
-    end-of-turn, for benchmarks that need replies of a fixed length.
+    ``decode_dtype`` serves from a copy of the weights in that dtype (prefill and decode; e.g.
+    bf16 on a CPU with native bf16 dot products), ``None`` from the model as loaded; cached
+    states stay in the model's dtype either way. ``ignore_eot`` never samples end-of-turn,
+    for benchmarks that need replies of a fixed length.
     """
 
     def __init__(
@@ -144,12 +148,14 @@ class Scheduler:
             # A recurrent prefill costs per timestep, nearly nothing per row: take them all.
             prefill_rows = max_batch
         cuda_graphs = self._engine.cuda_graphs and self._device.type == "cuda"
-        banned = [checkpoint.tokenizer.eot_id] if self._ignore_eot else []
+        tok = checkpoint.tokenizer
+        banned = sorted(tok.special_ids - ({tok.eot_id} if not self._ignore_eot else set()))
         return _Model(
             checkpoint,
             prefill=PrefillBatch(model, decoder, prefill_rows),
             decode=DecodeBatch(model, decoder, max_batch, cuda_graphs=cuda_graphs),
             sampler=RowSampler(max_batch, model.device, banned),
+            banned=banned,
         )
 
     # -- called from the event loop (thread-safe) ----------------------------------------
@@ -325,9 +331,8 @@ class Scheduler:
         done = [s for s in seqs if not s.pending]
         if not done:
             return
-        banned = [m.checkpoint.tokenizer.eot_id] if self._ignore_eot else []
         firsts = sample_next(
-            logits[[s.row for s in done]], [s.params for s in done], [[]] * len(done), banned
+            logits[[s.row for s in done]], [s.params for s in done], [[]] * len(done), m.banned
         )
         self.metrics.generated(len(done))
         self.stats.tokens_generated += len(done)
