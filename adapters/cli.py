@@ -19,9 +19,9 @@ def web_command(settings: Settings, port: int | None) -> None:
     """Serve the chat page, the OpenAI-compatible API and the dashboard."""
     from adapters.web.app import run_web
     from bot import model_admin
-    from bot.registry import ModelRegistry
     from bot.cli import run_async
     from bot.redis import connect
+    from bot.registry import ModelRegistry
     from bot.runtime import find_redis_url
 
     if port is not None:

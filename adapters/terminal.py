@@ -91,8 +91,11 @@ async def run_chat(settings: Settings, *, conversation: str | None, timeout_s: f
                     continue
                 if interactive and text.strip() == "/reset":
                     control = ControlRequest(
-                        id=uuid.uuid4().hex, conversation=conversation_key,
-                        reply_to=adapter_id, command="reset", user=user,
+                        id=uuid.uuid4().hex,
+                        conversation=conversation_key,
+                        reply_to=adapter_id,
+                        command="reset",
+                        user=user,
                     )
                     await _interactive_reply(client.stream(control, timeout_s=timeout_s))
                     continue

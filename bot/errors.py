@@ -1,13 +1,13 @@
 """Parley's exceptions, one small tree::
 
-    ParleyError
-    ├── ConfigError        a bad or missing setting; start-up stops and names it
-    ├── WireError          a queue entry that cannot be decoded (goes to dead-letter)
-    ├── QueueError         Redis unreachable or misbehaving (translated at the boundary)
-    │   └── QueueFull      the request stream is at its bound; answer "busy" at once
-    ├── NotRunning         no Parley system found to talk to (``parley chat``)
-    ├── DataError          a conversation file that cannot be read; names file and line
-    └── ModelError         a checkpoint that cannot be loaded or trained
+ParleyError
+├── ConfigError        a bad or missing setting; start-up stops and names it
+├── WireError          a queue entry that cannot be decoded (goes to dead-letter)
+├── QueueError         Redis unreachable or misbehaving (translated at the boundary)
+│   └── QueueFull      the request stream is at its bound; answer "busy" at once
+├── NotRunning         no Parley system found to talk to (``parley chat``)
+├── DataError          a conversation file that cannot be read; names file and line
+└── ModelError         a checkpoint that cannot be loaded or trained
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ async def _wait_ready(ready: asyncio.Event, engine: asyncio.Task[None]) -> None:
 
 async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()  # one service ending (or failing) stops them all
     results = await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
@@ -105,5 +105,7 @@ def run_command(settings: Settings, no_web: bool, port: int | None) -> None:
     from bot.cli import run_async
 
     if port is not None:
-        settings = settings.model_copy(update={"web": settings.web.model_copy(update={"port": port})})
+        settings = settings.model_copy(
+            update={"web": settings.web.model_copy(update={"port": port})}
+        )
     run_async(run_all(settings, web=not no_web))

@@ -181,7 +181,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         data_redis_url = os.environ["PARLEY_REDIS_URL"]
     else:
         data_redis_url = None
-    path = config or (Path(os.environ["PARLEY_CONFIG"]) if os.environ.get("PARLEY_CONFIG") else None)
+    path = config or (
+        Path(os.environ["PARLEY_CONFIG"]) if os.environ.get("PARLEY_CONFIG") else None
+    )
     if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
         path = Path(DEFAULT_CONFIG_FILE)
     data = _read_toml(path) if path is not None else {}

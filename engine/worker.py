@@ -281,11 +281,17 @@ class EngineWorker:
         d = out.done
         log.info(
             "request %s conv=%s queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f tokens=%d+%d",
-            out.work.request.id, out.work.request.conversation, d.queue_ms, d.ttft_ms,
-            d.total_ms, d.prompt_tokens, d.completion_tokens,
+            out.work.request.id,
+            out.work.request.conversation,
+            d.queue_ms,
+            d.ttft_ms,
+            d.total_ms,
+            d.prompt_tokens,
+            d.completion_tokens,
         )
-        log.debug("request %s text=%.80r reply=%.80r", out.work.request.id,
-                  out.work.request.text, d.text)
+        log.debug(
+            "request %s text=%.80r reply=%.80r", out.work.request.id, out.work.request.text, d.text
+        )
 
     # -- draining and heartbeats -------------------------------------------------------
 
@@ -294,8 +300,9 @@ class EngineWorker:
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.in_flight:
-            log.warning("stopping with %d requests unanswered; they will be reclaimed",
-                        self.in_flight)
+            log.warning(
+                "stopping with %d requests unanswered; they will be reclaimed", self.in_flight
+            )
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         last_tokens, last_s = self._scheduler.stats.tokens_generated, time.monotonic()

@@ -53,11 +53,15 @@ def ckpt(tmp_path: Path) -> Checkpoint:
 
 
 async def test_round_trip_streams_and_logs(redis, settings, ckpt, make_chat) -> None:
-    async with running_engine(redis, settings, ckpt), ParleyClient(
-        redis, settings.redis, "web-1"
-    ) as client:
-        request = make_chat("hello there", reply_to="web-1",
-                            sampling=Sampling(temperature=1.0, seed=1, max_new_tokens=16))
+    async with (
+        running_engine(redis, settings, ckpt),
+        ParleyClient(redis, settings.redis, "web-1") as client,
+    ):
+        request = make_chat(
+            "hello there",
+            reply_to="web-1",
+            sampling=Sampling(temperature=1.0, seed=1, max_new_tokens=16),
+        )
         events = [e async for e in client.stream(request, timeout_s=20)]
     assert isinstance(events[-1], Done), events[-1]
     deltas = "".join(e.text for e in events if isinstance(e, Delta))
@@ -73,28 +77,35 @@ async def test_round_trip_streams_and_logs(redis, settings, ckpt, make_chat) -> 
 
 
 async def test_followup_uses_history_and_reset_clears_it(redis, settings, ckpt, make_chat) -> None:
-    async with running_engine(redis, settings, ckpt) as scheduler, ParleyClient(
-        redis, settings.redis, "web-1"
-    ) as client:
+    async with (
+        running_engine(redis, settings, ckpt) as scheduler,
+        ParleyClient(redis, settings.redis, "web-1") as client,
+    ):
         first = make_chat("hello", reply_to="web-1", conversation="web:a:a", sampling=GREEDY)
         await client.reply(first, timeout_s=20)
         second = make_chat("and you?", reply_to="web-1", conversation="web:a:a", sampling=GREEDY)
         assert isinstance(await client.reply(second, timeout_s=20), Done)
         assert await redis.llen(keys.history("web:a:a")) == 4
-        reset = ControlRequest(id="reset-1", conversation="web:a:a", reply_to="web-1",
-                               command="reset")
+        reset = ControlRequest(
+            id="reset-1", conversation="web:a:a", reply_to="web-1", command="reset"
+        )
         done = await client.reply(reset, timeout_s=20)
         assert isinstance(done, Done) and "reset" in done.text.lower()
         assert await redis.exists(keys.history("web:a:a")) == 0
         assert scheduler.stats.cache_queries >= 2
 
 
-async def test_one_conversation_burst_is_answered_in_order(redis, settings, ckpt, make_chat) -> None:
-    async with running_engine(redis, settings, ckpt), ParleyClient(
-        redis, settings.redis, "web-1"
-    ) as client:
-        burst = [make_chat(f"message {i}", reply_to="web-1", conversation="web:b:b",
-                           sampling=GREEDY) for i in range(5)]
+async def test_one_conversation_burst_is_answered_in_order(
+    redis, settings, ckpt, make_chat
+) -> None:
+    async with (
+        running_engine(redis, settings, ckpt),
+        ParleyClient(redis, settings.redis, "web-1") as client,
+    ):
+        burst = [
+            make_chat(f"message {i}", reply_to="web-1", conversation="web:b:b", sampling=GREEDY)
+            for i in range(5)
+        ]
         replies = await asyncio.gather(*(client.reply(r, timeout_s=30) for r in burst))
     assert all(isinstance(r, Done) for r in replies)
     assert await redis.llen(keys.history("web:b:b")) == 10
@@ -103,25 +114,32 @@ async def test_one_conversation_burst_is_answered_in_order(redis, settings, ckpt
 async def test_malformed_entry_is_dead_lettered_and_worker_keeps_serving(
     redis, settings, ckpt, make_chat
 ) -> None:
-    async with running_engine(redis, settings, ckpt), ParleyClient(
-        redis, settings.redis, "web-1"
-    ) as client:
+    async with (
+        running_engine(redis, settings, ckpt),
+        ParleyClient(redis, settings.redis, "web-1") as client,
+    ):
         await redis.xadd(keys.request_stream(0), {keys.FIELD: b"\x92not a request"})
-        reply = await client.reply(make_chat("hello", reply_to="web-1", sampling=GREEDY),
-                                   timeout_s=20)
+        reply = await client.reply(
+            make_chat("hello", reply_to="web-1", sampling=GREEDY), timeout_s=20
+        )
     assert isinstance(reply, Done)
     assert await redis.xlen(keys.dead_letter_stream(0)) == 1
 
 
 async def test_busy_past_waiting_limit(redis, settings, ckpt, make_chat) -> None:
-    tight = settings.model_copy(update={"engine": settings.engine.model_copy(
-        update={"max_batch": 1, "max_waiting": 1})})
-    async with running_engine(redis, tight, ckpt), ParleyClient(
-        redis, tight.redis, "web-1"
-    ) as client:
-        many = [make_chat(f"m{i}", reply_to="web-1",
-                          sampling=Sampling(temperature=0.0, max_new_tokens=200))
-                for i in range(8)]
+    tight = settings.model_copy(
+        update={"engine": settings.engine.model_copy(update={"max_batch": 1, "max_waiting": 1})}
+    )
+    async with (
+        running_engine(redis, tight, ckpt),
+        ParleyClient(redis, tight.redis, "web-1") as client,
+    ):
+        many = [
+            make_chat(
+                f"m{i}", reply_to="web-1", sampling=Sampling(temperature=0.0, max_new_tokens=200)
+            )
+            for i in range(8)
+        ]
         replies = await asyncio.gather(*(client.reply(r, timeout_s=60) for r in many))
     codes = [r.code for r in replies if isinstance(r, Error)]
     assert codes and set(codes) == {"busy"}

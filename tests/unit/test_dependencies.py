@@ -32,8 +32,9 @@ def loaded_after_import(names: list[str]) -> set[str]:
         "    importlib.import_module(name)\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    )
     return set(out.stdout.split())
 
 
@@ -44,13 +45,16 @@ def test_bot_imports_no_torch_and_no_platform_sdk() -> None:
 
 
 def test_adapters_import_no_torch() -> None:
-    platform = [m for m in modules("adapters") if m.split(".")[1:2] not in (["discord"], ["telegram"])]
+    platform = [
+        m for m in modules("adapters") if m.split(".")[1:2] not in (["discord"], ["telegram"])
+    ]
     loaded = loaded_after_import(platform)
     assert "torch" not in loaded and "engine" not in loaded
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [("engine", "adapters"), ("adapters", "engine"),
-                                                     ("bot", "torch")])
+@pytest.mark.parametrize(
+    ("package", "forbidden"), [("engine", "adapters"), ("adapters", "engine"), ("bot", "torch")]
+)
 def test_no_static_import_across(package: str, forbidden: str) -> None:
     """Static check too, so a lazy import inside a function cannot hide the dependency —
     except bot/cli.py and bot/launch.py, the composition root, which import by name."""
