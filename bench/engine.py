@@ -327,8 +327,9 @@ def queue_figures(redis_url: str | None, sizes: Sizes) -> dict[str, Any]:
         throughput_requests=sizes.queue_throughput_requests,
         concurrency=128,
         shards=4,
+        embedded=False,
     )
-    with queue_bench.redis_url(redis_url) as url:
+    with queue_bench.redis_url(redis_url, embedded=False) as url:
         got = asyncio.run(queue_bench.measure(url, args))
     return {k: v for k, v in got.items() if k.startswith(("queue_", "ping_", "p50_"))}
 
@@ -416,7 +417,8 @@ async def web_load(settings: Settings, n: int, concurrency: int) -> float:
     async def user(session: aiohttp.ClientSession) -> None:
         nonlocal tokens
         for _ in counter:
-            tokens += await chat_over_http(session, base)
+            n = await chat_over_http(session, base)  # not `tokens += await`: that reads first
+            tokens += n
 
     try:
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -433,7 +435,7 @@ async def web_load(settings: Settings, n: int, concurrency: int) -> float:
 
 @contextlib.contextmanager
 def e2e_redis(given: str | None) -> Iterator[str]:
-    with queue_bench.redis_url(given) as url:
+    with queue_bench.redis_url(given, embedded=False) as url:
         if given is None and url == queue_bench.DEFAULT_URL:
             url = url.rsplit("/", 1)[0] + f"/{E2E_DB}"
         yield url
