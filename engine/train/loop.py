@@ -27,7 +27,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -278,24 +280,28 @@ class Trainer:
         started = time.perf_counter() - self.progress.elapsed_s
         bar = self._bar()
         try:
-            while not self.progress.stopped:
-                elapsed = ddp.broadcast_floats([time.perf_counter() - started], self.world)[0]
-                self.progress.elapsed_s = elapsed
-                if self.schedule.done(self.progress.step, elapsed):
-                    self.progress.stopped = "max_steps" if self._hit_max_steps() else "budget"
-                    break
-                self._train_step(elapsed, bar)
-                if self.progress.step % self.cfg.eval_interval == 0:
-                    self._evaluate_and_save()
-        except KeyboardInterrupt:
-            if self.world.is_main:
-                self._save_state()
-                log.warning("interrupted at step %d; state saved in %s", self.progress.step, self.out)
-            raise
+            with interrupts_between_steps() as interrupted:
+                while not self.progress.stopped:
+                    if interrupted():
+                        self._save_on_interrupt()
+                    elapsed = ddp.broadcast_floats([time.perf_counter() - started], self.world)[0]
+                    self.progress.elapsed_s = elapsed
+                    if self.schedule.done(self.progress.step, elapsed):
+                        self.progress.stopped = "max_steps" if self._hit_max_steps() else "budget"
+                        break
+                    self._train_step(elapsed, bar)
+                    if self.progress.step % self.cfg.eval_interval == 0:
+                        self._evaluate_and_save()
         finally:
             if bar is not None:
                 bar.close()
         return self._finish()
+
+    def _save_on_interrupt(self) -> None:
+        if self.world.is_main:
+            self._save_state()
+            log.warning("interrupted at step %d; state saved in %s", self.progress.step, self.out)
+        raise KeyboardInterrupt
 
     def _hit_max_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps
@@ -507,6 +513,36 @@ class Trainer:
         progress["val_curve"] = [tuple(x) for x in progress["val_curve"]]
         self.progress = Progress(**progress)
         log.info("resuming from %s at step %d", path, self.progress.step)
+
+
+@contextlib.contextmanager
+def interrupts_between_steps() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C / SIGTERM set a flag that the loop checks between steps.
+
+    An interrupt landing between a backward pass and the optimizer update (or halfway
+    through saving) would leave weights, optimizer and step count out of step with each
+    other; deferring it to a step boundary keeps the saved state consistent. A second
+    signal acts at once, as usual.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def request(signum: int, frame: object) -> None:
+        requested.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in signals:
+        signal.signal(sig, request)
+    try:
+        yield requested.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------- state on disk

@@ -1,0 +1,250 @@
+"""Training benchmark: Parley's trainer against a plain loop, MFU, and quality at equal time.
+
+    python bench/train.py                  # 600 s per model: ~45 minutes on a 2-core CPU
+    python bench/train.py --budget-s 120   # a quicker look
+
+Prints one JSON object:
+
+* ``throughput``: tokens/s and chars/s of Parley's training step and of a reference loop
+  (nanoGPT style: the same model and batch, eager fp32, plain for-loop AdamW, an eager
+  cross-entropy) on the default preset. The two alternate in short rounds, so a machine
+  shared with other work slows both alike; ``throughput_ratio`` = Parley / reference.
+* ``mfu``: Parley's model FLOPs per second over the peak of a large matmul measured in this
+  run, in the dtype Parley computes in (bf16 where the CPU has it); ``mfu_vs_fp32_peak`` and
+  ``reference_mfu`` are against the fp32 peak.
+* ``models``: the seed GRU, the default GRU, and the default Transformer with a character
+  and with a BPE tokenizer, each trained by ``parley train``'s code for the same wall-clock
+  budget on chitchat and scored on its validation split (bits/char, word validity, ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python bench/train.py` puts bench/ first on sys.path, where a sibling benchmark such as
+# bench/queue.py would shadow the standard library; the repository root belongs there.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.models import LanguageModel, build_model, preset_config
+from engine.tokenizer import Tokenizer
+from engine.train.cli import RunOptions, resolve_preset, run_training, train_config
+from engine.train.data import (
+    encode_split,
+    fit_tokenizer,
+    load_texts,
+    random_windows,
+    step_generator,
+)
+from engine.train.evaluate import autocast_dtype
+from engine.train.loop import StepRunner, make_optimizer
+from engine.train.schedule import recipe_for
+
+log = logging.getLogger("bench.train")
+
+MODELS: dict[str, tuple[str, str]] = {
+    # name -> (preset, tokenizer)
+    "seed-gru-char": ("seed", "char"),
+    "gru-char": ("gru", "char"),
+    "gpt-char": ("default", "char"),
+    "gpt-bpe": ("default", "bpe"),
+}
+
+
+# ------------------------------------------------------------------------------- peak
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of a large square matmul in ``dtype``: the best this machine does."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        done += 1
+    return 2 * n**3 * done / (time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def reference_step(model: LanguageModel) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """nanoGPT's loop, plainly: eager fp32 forward, cross-entropy, backward, clip, AdamW."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, foreach=False)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+
+    return step
+
+
+def parley_step(model: LanguageModel) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The step ``parley train`` runs: the trainer's own StepRunner with its defaults."""
+    cfg = train_config("default")
+    runner = StepRunner(
+        model,
+        model,
+        make_optimizer(model, cfg, model.device),
+        amp_dtype=autocast_dtype(model.device, cfg.precision),
+        grad_clip=cfg.grad_clip,
+        compile_loss=cfg.compile_loss,
+    )
+    return lambda x, y: runner([(x, y)], cfg.lr).item()
+
+
+def measure_throughput(
+    tokens: torch.Tensor, vocab_size: int, chars_per_token: float, seconds: float
+) -> dict[str, Any]:
+    """Parley's step vs the reference on the default preset, alternating in rounds."""
+    preset = resolve_preset("default")
+    cfg = train_config("default")
+    batch, rounds = cfg.batch_size * cfg.grad_accum, 6
+    loops = {}
+    for name, make in (("reference", reference_step), ("parley", parley_step)):
+        torch.manual_seed(0)
+        model = build_model(preset_config(preset, vocab_size))
+        model.train()
+        step = make(model)
+        T = model.config.block_size
+        warm = time.perf_counter()
+        for i in range(3):  # includes compiling the loss
+            step(*random_windows(tokens, batch, T, step_generator(0, i)))
+        loops[name] = {"step": step, "T": T, "tokens": 0, "time_s": 0.0, "model": model,
+                       "warmup_s": time.perf_counter() - warm}  # fmt: skip
+    for r in range(rounds):
+        for name, loop in loops.items():
+            started, i = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds / rounds:
+                x, y = random_windows(tokens, batch, loop["T"], step_generator(1, r * 10_000 + i))
+                loop["step"](x, y)
+                loop["tokens"] += x.numel()
+                i += 1
+            loop["time_s"] += time.perf_counter() - started
+    report: dict[str, Any] = {"preset": preset, "batch": batch, "block_size": loops["parley"]["T"]}
+    for name, loop in loops.items():
+        tps = loop["tokens"] / loop["time_s"]
+        report[name] = {
+            "tokens_per_s": tps,
+            "chars_per_s": tps * chars_per_token,
+            "flops_per_s": tps * loop["model"].flops_per_token(),
+            "warmup_s": loop["warmup_s"],
+        }
+    return report
+
+
+# ------------------------------------------------------------------------------ quality
+
+
+def train_one(name: str, preset: str, tokenizer: str, budget_s: float, work: Path) -> dict[str, Any]:
+    resolved = resolve_preset(preset)
+    recipe = recipe_for(resolved, preset_config(resolved, 1).arch)
+    opts = RunOptions(
+        preset=resolved,
+        tokenizer=tokenizer,
+        vocab_size=recipe.vocab_size or 4096,
+        out=work / name,
+        cache_dir=work / "cache",
+        overwrite=True,
+    )
+    cfg = dataclasses.replace(
+        train_config(resolved), budget_s=budget_s, progress_bar=False, patience=0
+    )
+    m = run_training(opts, cfg).metrics
+    keys = ("val_bpc", "val_loss", "word_validity", "distinct_2", "steps", "train_tokens",
+            "tokens_per_s", "chars_per_s", "params", "wall_time_s", "stopped")  # fmt: skip
+    return {
+        "name": name,
+        "preset": resolved,
+        "tokenizer": tokenizer,
+        **{k: m[k] for k in keys},
+        "samples": m["samples"][:4],
+    }
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget-s", type=float, default=600.0, help="Training time per model.")
+    parser.add_argument("--throughput-s", type=float, default=60.0, help="Per loop.")
+    parser.add_argument("--models", default=",".join(MODELS), help="Comma-separated subset.")
+    parser.add_argument("--work", type=Path, default=None, help="Where runs go (default: temp).")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    work = args.work or Path(tempfile.mkdtemp(prefix="parley-bench-"))
+
+    result: dict[str, Any] = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": "cpu",
+        },
+        "budget_s": args.budget_s,
+    }
+    if not args.skip_throughput:
+        result.update(throughput_section(work, args.throughput_s))
+        print(json.dumps({k: v for k, v in result.items() if k != "machine"}), file=sys.stderr)
+    result["models"] = []
+    for name in filter(None, args.models.split(",")):
+        preset, tokenizer = MODELS[name]
+        log.info("training %s for %.0f s", name, args.budget_s)
+        result["models"].append(train_one(name, preset, tokenizer, args.budget_s, work))
+        print(json.dumps(result["models"][-1]), file=sys.stderr, flush=True)
+    best = min(result["models"], key=lambda m: m["val_bpc"], default=None)
+    result["best"] = best["name"] if best else None
+    print(json.dumps(result, indent=2))
+
+
+def throughput_section(work: Path, seconds: float) -> dict[str, Any]:
+    texts = load_texts(["chitchat"])
+    recipe = recipe_for(resolve_preset("default"), "gpt")
+    tokenizer: Tokenizer = fit_tokenizer(recipe.tokenizer, texts.train, recipe.vocab_size or 4096)
+    split = encode_split(tokenizer, texts.train, work / "cache")
+    tokens = torch.from_numpy(split.tokens)
+    peak_fp32 = matmul_peak(torch.float32)
+    peak_bf16 = matmul_peak(torch.bfloat16)
+    tp = measure_throughput(tokens, tokenizer.vocab_size, split.n_chars / len(split), seconds)
+    # The peak is measured again after the loops, and the higher kept: a busy neighbour
+    # during one measurement must not inflate the MFU.
+    peak_fp32 = max(peak_fp32, matmul_peak(torch.float32))
+    peak_bf16 = max(peak_bf16, matmul_peak(torch.bfloat16))
+    amp = autocast_dtype(torch.device("cpu"), "auto")
+    parley_peak = peak_bf16 if amp == torch.bfloat16 else peak_fp32
+    return {
+        "peak_flops": {"fp32": peak_fp32, "bf16": peak_bf16},
+        "throughput": tp,
+        "throughput_ratio": tp["parley"]["tokens_per_s"] / tp["reference"]["tokens_per_s"],
+        "mfu": tp["parley"]["flops_per_s"] / parley_peak,
+        "mfu_vs_fp32_peak": tp["parley"]["flops_per_s"] / peak_fp32,
+        "reference_mfu": tp["reference"]["flops_per_s"] / peak_fp32,
+    }
+
+
+if __name__ == "__main__":
+    main()
