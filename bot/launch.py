@@ -87,6 +87,7 @@ async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()  # one service ending (or failing) stops them all
+    log.info("stopping: no new requests; finishing the replies in flight")
     results = await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
     for task, result in zip(tasks, results, strict=True):
