@@ -17,9 +17,12 @@ is measured ``--repeats`` times, interleaved, and its best run kept):
   (stub engine in its own process: adapter XADD -> engine -> reply stream -> adapter).
 - ``e2e_fraction``: tokens/s of 64 concurrent users chatting through the web adapter
   (HTTP + SSE), Redis and an engine worker in its own process, over the bare scheduler's
-  tokens/s on the same requests.
+  tokens/s on the same requests. Both run the engine with ``--e2e-threads`` torch threads
+  (default: all cores but one, which the adapter, the load generator and Redis need — as a
+  deployment of all three on one small machine would set ``engine.torch_threads``).
 
-Usage: ``python -m bench.engine [--quick] [--redis-url URL] [--threads N]``. Redis: database 7
+Usage: ``python -m bench.engine [--quick] [--redis-url URL] [--threads N] [--e2e-threads N]``.
+``--threads`` sets torch's threads for the other sections (default: torch's). Redis: database 7
 of the Redis on 127.0.0.1:6379 (flushed before and after) unless ``--redis-url`` is given,
 else an embedded server.
 """
@@ -64,6 +67,7 @@ from bot.registry import ModelRegistry
 from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings
 from bot.wire import ChatRequest, Sampling, Turn
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from engine.graphs import cpu_has_native_bf16
 from engine.metrics import EngineMetrics
 from engine.models import build_model, preset_config
 from engine.scheduler import Scheduler
@@ -447,7 +451,24 @@ async def _flush(url: str) -> None:
     await redis.aclose()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def end_to_end(
+    ckpt: Checkpoint, sizes: Sizes, redis_url: str | None, threads: int, repeats: int
+) -> dict[str, Any]:
+    with torch_threads(threads):
+        return _end_to_end(ckpt, sizes, redis_url, threads, repeats)
+
+
+def _end_to_end(
     ckpt: Checkpoint, sizes: Sizes, redis_url: str | None, threads: int, repeats: int
 ) -> dict[str, Any]:
     bare = scheduler_for(ckpt, sizes.e2e_new_tokens, None)
@@ -483,6 +504,7 @@ def end_to_end(
         "e2e_tokens_per_s": round(web_tps),
         "e2e_bare_engine_tokens_per_s": round(bare_tps),
         "e2e_model": ckpt.preset,
+        "e2e_engine_threads": threads,
         "e2e_users": sizes.concurrency,
         "e2e_requests": sizes.e2e_requests,
         "e2e_new_tokens": sizes.e2e_new_tokens,
@@ -497,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument(
+        "--e2e-threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="the engine's torch threads in the end-to-end section (default: cores - 1)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="runs per side (best kept)")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["throughput", "ttft", "queue", "e2e"]
@@ -508,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else Sizes()
     repeats = args.repeats or (1 if args.quick else 3)
     result: dict[str, Any] = {
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "quick": args.quick,
@@ -523,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         if "queue" not in args.skip:
             result |= queue_figures(args.redis_url, sizes)
         if "e2e" not in args.skip:
-            result |= end_to_end(gpt, sizes, args.redis_url, args.threads, repeats)
+            result |= end_to_end(gpt, sizes, args.redis_url, args.e2e_threads, repeats)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     json.dump(result, sys.stdout)
     print()
