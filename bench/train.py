@@ -14,7 +14,8 @@ Prints one JSON object:
   ``reference_mfu`` are against the fp32 peak.
 * ``models``: the seed GRU, the default GRU, and the default Transformer with a character
   and with a BPE tokenizer, each trained by ``parley train``'s code for the same wall-clock
-  budget on chitchat and scored on its validation split (bits/char, word validity, ...).
+  budget on chitchat and scored on its validation split (bits/char, word validity, ...);
+  and the half-width ``gpt-small``, the runner-up when the default was chosen.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,9 +53,9 @@ from engine.train.data import (
     random_windows,
     step_generator,
 )
+from engine.train.ddp import ThreadTuner
 from engine.train.evaluate import autocast_dtype
-from engine.train.loop import StepRunner, make_optimizer
-from engine.train.schedule import recipe_for
+from engine.train.schedule import StepRunner, make_optimizer, recipe_for
 
 log = logging.getLogger("bench.train")
 
@@ -63,6 +65,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "gru-char": ("gru", "char"),
     "gpt-char": ("default", "char"),
     "gpt-bpe": ("default", "bpe"),
+    "gpt-small-bpe": ("gpt-small", "bpe"),
 }
 
 
@@ -106,7 +109,7 @@ def parley_step(model: LanguageModel) -> Callable[[torch.Tensor, torch.Tensor], 
     runner = StepRunner(
         model,
         model,
-        make_optimizer(model, cfg, model.device),
+        make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2),
         amp_dtype=autocast_dtype(model.device, cfg.precision),
         grad_clip=cfg.grad_clip,
         compile_loss=cfg.compile_loss,
@@ -114,42 +117,81 @@ def parley_step(model: LanguageModel) -> Callable[[torch.Tensor, torch.Tensor], 
     return lambda x, y: runner([(x, y)], cfg.lr).item()
 
 
+@dataclass
+class Loop:
+    """One training loop under measurement, and what it has done so far."""
+
+    step: Callable[[torch.Tensor, torch.Tensor], None]
+    model: LanguageModel
+    tuner: ThreadTuner | None = None
+    tokens: int = 0
+    time_s: float = 0.0
+    steps: int = 0
+    warmup_s: float = 0.0
+
+    def run_for(self, seconds: float, tokens: torch.Tensor, batch: int, threads: int) -> None:
+        T = self.model.config.block_size
+        started = time.perf_counter()
+        while True:  # at least one step
+            x, y = random_windows(tokens, batch, T, step_generator(1, self.steps))
+            n = self.tuner.threads_for(self.steps) if self.tuner else threads
+            torch.set_num_threads(n)
+            t0 = time.perf_counter()
+            self.step(x, y)
+            if self.tuner:
+                self.tuner.record(self.steps, n, time.perf_counter() - t0)
+            self.tokens += x.numel()
+            self.steps += 1
+            if time.perf_counter() - started >= seconds:
+                break
+        self.time_s += time.perf_counter() - started
+
+
 def measure_throughput(
     tokens: torch.Tensor, vocab_size: int, chars_per_token: float, seconds: float
 ) -> dict[str, Any]:
-    """Parley's step vs the reference on the default preset, alternating in rounds."""
-    preset = resolve_preset("default")
-    cfg = train_config("default")
-    batch, rounds = cfg.batch_size * cfg.grad_accum, 6
+    """Parley's step vs the reference on the default preset, alternating in short rounds.
+
+    ``parley`` is the trainer as it runs (threads tuned by timing, as ``parley train`` does
+    under a budget); ``parley_fixed_threads`` is the same step at torch's default thread
+    count, like the reference, which isolates the kernels' share of the speed-up.
+    """
+    preset, cfg = resolve_preset("default"), train_config("default")
+    batch, rounds, threads = cfg.batch_size * cfg.grad_accum, 10, torch.get_num_threads()
+    makers = {
+        "reference": reference_step,
+        "parley_fixed_threads": parley_step,
+        "parley": parley_step,
+    }
     loops = {}
-    for name, make in (("reference", reference_step), ("parley", parley_step)):
+    for name, make in makers.items():
         torch.manual_seed(0)
-        model = build_model(preset_config(preset, vocab_size))
-        model.train()
-        step = make(model)
-        T = model.config.block_size
-        warm = time.perf_counter()
-        for i in range(3):  # includes compiling the loss
-            step(*random_windows(tokens, batch, T, step_generator(0, i)))
-        loops[name] = {"step": step, "T": T, "tokens": 0, "time_s": 0.0, "model": model,
-                       "warmup_s": time.perf_counter() - warm}  # fmt: skip
-    for r in range(rounds):
-        for name, loop in loops.items():
-            started, i = time.perf_counter(), 0
-            while time.perf_counter() - started < seconds / rounds:
-                x, y = random_windows(tokens, batch, loop["T"], step_generator(1, r * 10_000 + i))
-                loop["step"](x, y)
-                loop["tokens"] += x.numel()
-                i += 1
-            loop["time_s"] += time.perf_counter() - started
-    report: dict[str, Any] = {"preset": preset, "batch": batch, "block_size": loops["parley"]["T"]}
+        model = build_model(preset_config(preset, vocab_size)).train()
+        loop = Loop(
+            make(model), model, ThreadTuner(threads, every=60) if name == "parley" else None
+        )
+        started = time.perf_counter()
+        loop.run_for(0.0, tokens, batch, threads)  # one step: warm-up, compiles the loss
+        loop.run_for(0.0, tokens, batch, threads)
+        loop.warmup_s, loop.tokens, loop.time_s = time.perf_counter() - started, 0, 0.0
+        loops[name] = loop
+    for _ in range(rounds):
+        for loop in loops.values():
+            loop.run_for(seconds / rounds, tokens, batch, threads)
+    torch.set_num_threads(threads)
+    report: dict[str, Any] = {
+        "preset": preset,
+        "batch": batch,
+        "block_size": model.config.block_size,
+    }
     for name, loop in loops.items():
-        tps = loop["tokens"] / loop["time_s"]
+        tps = loop.tokens / loop.time_s
         report[name] = {
             "tokens_per_s": tps,
             "chars_per_s": tps * chars_per_token,
-            "flops_per_s": tps * loop["model"].flops_per_token(),
-            "warmup_s": loop["warmup_s"],
+            "flops_per_s": tps * loop.model.flops_per_token(),
+            "steps": loop.steps,
+            "warmup_s": loop.warmup_s,
         }
     return report
 
@@ -157,7 +199,9 @@ def measure_throughput(
 # ------------------------------------------------------------------------------ quality
 
 
-def train_one(name: str, preset: str, tokenizer: str, budget_s: float, work: Path) -> dict[str, Any]:
+def train_one(
+    name: str, preset: str, tokenizer: str, budget_s: float, work: Path
+) -> dict[str, Any]:
     resolved = resolve_preset(preset)
     recipe = recipe_for(resolved, preset_config(resolved, 1).arch)
     opts = RunOptions(
@@ -240,6 +284,9 @@ def throughput_section(work: Path, seconds: float) -> dict[str, Any]:
         "peak_flops": {"fp32": peak_fp32, "bf16": peak_bf16},
         "throughput": tp,
         "throughput_ratio": tp["parley"]["tokens_per_s"] / tp["reference"]["tokens_per_s"],
+        "throughput_ratio_fixed_threads": (
+            tp["parley_fixed_threads"]["tokens_per_s"] / tp["reference"]["tokens_per_s"]
+        ),
         "mfu": tp["parley"]["flops_per_s"] / parley_peak,
         "mfu_vs_fp32_peak": tp["parley"]["flops_per_s"] / peak_fp32,
         "reference_mfu": tp["reference"]["flops_per_s"] / peak_fp32,

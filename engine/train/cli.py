@@ -43,6 +43,7 @@ from engine.tokenizer import Tokenizer, load_tokenizer
 from engine.train import ddp
 from engine.train.data import (
     TextSplits,
+    TokenSplit,
     TrainData,
     encode_split,
     fit_tokenizer,
@@ -50,7 +51,6 @@ from engine.train.data import (
     texts_fingerprint,
     training_vocabulary,
 )
-from engine.train.data import TokenSplit
 from engine.train.evaluate import EvalReport, autocast_dtype, evaluate_loss, evaluate_model
 from engine.train.loop import STATE_DIR, TrainConfig, Trainer, TrainResult, find_state
 from engine.train.loop import saved_tokenizer as state_tokenizer
@@ -90,7 +90,7 @@ def train_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's recipe as a TrainConfig, with every non-None override applied."""
     arch = preset_config(resolve_preset(preset), 1).arch
     recipe = recipe_for(resolve_preset(preset), arch)
-    base = {
+    base: dict[str, Any] = {
         "lr": recipe.lr,
         "batch_size": recipe.batch_size,
         "grad_accum": recipe.grad_accum,
@@ -188,7 +188,7 @@ def _encode(tokenizer: Tokenizer, texts: TextSplits, cache_dir: Path | None) -> 
 
 def _model(preset: str, tokenizer: Tokenizer, opts: RunOptions, seed: int) -> LanguageModel:
     config = preset_config(preset, tokenizer.vocab_size)
-    changes = {"dropout": opts.dropout, "block_size": opts.block_size}
+    changes: dict[str, Any] = {"dropout": opts.dropout, "block_size": opts.block_size}
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
     torch.manual_seed(seed)  # the same initial weights on every rank and every rerun
     return build_model(config)
@@ -253,40 +253,86 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @click.command("train")
-@click.option("--data", "data", multiple=True, help="chitchat, or a JSONL / Telegram / Discord file. Repeatable.")
-@click.option("--include-bot", is_flag=True, help="Keep the bot's own replies (excluded by default).")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    help="chitchat, or a JSONL / Telegram / Discord file. Repeatable.",
+)
+@click.option(
+    "--include-bot", is_flag=True, help="Keep the bot's own replies (excluded by default)."
+)
 @click.option("--preset", default=None, help="Model preset (default: settings train.preset).")
-@click.option("--tokenizer", type=click.Choice(["char", "bpe"]), default=None, help="Default: the preset's.")
-@click.option("--vocab-size", type=click.IntRange(min=256), default=None, help="BPE vocabulary size.")
-@click.option("--budget-s", type=click.FloatRange(min=1), default=None, help="Wall-clock budget in seconds.")
+@click.option(
+    "--tokenizer", type=click.Choice(["char", "bpe"]), default=None, help="Default: the preset's."
+)
+@click.option(
+    "--vocab-size", type=click.IntRange(min=256), default=None, help="BPE vocabulary size."
+)
+@click.option(
+    "--budget-s", type=click.FloatRange(min=1), default=None, help="Wall-clock budget in seconds."
+)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Checkpoint directory (rerun with the same one to resume).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Checkpoint directory (rerun with the same one to resume).",
+)
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a model or a run.")
 @click.option("--seed", type=int, default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--grad-accum", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None)
-@click.option("--block-size", type=click.IntRange(min=8), default=None, help="Context length in tokens.")
-@click.option("--eval-interval", type=click.IntRange(min=1), default=None, help="Steps between evaluations.")
-@click.option("--patience", type=click.IntRange(min=0), default=5, show_default=True, help="Evaluations without improvement before stopping (0 = never).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
+@click.option(
+    "--block-size", type=click.IntRange(min=8), default=None, help="Context length in tokens."
+)
+@click.option(
+    "--eval-interval", type=click.IntRange(min=1), default=None, help="Steps between evaluations."
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Evaluations without improvement before stopping (0 = never).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True)
-@click.option("--save-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="Torch CPU threads (0 = default).")
-@click.option("--publish", is_flag=True, help="Add to the model registry; make it live if it beats the live model.")
+@click.option(
+    "--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True
+)
+@click.option(
+    "--save-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch CPU threads (default: tuned by timing steps under a budget).",
+)
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Add to the model registry; make it live if it beats the live model.",
+)
 @click.pass_obj
-def train_command(settings: Settings, **options: Any) -> None:
+def train_command(settings: Settings, /, **options: Any) -> None:
     """Train a model on conversations and save it as a checkpoint."""
     with clean_errors():
         _train(settings, **options)
 
 
 def _train(settings: Settings, **o: Any) -> None:
-    if o["threads"]:
-        torch.set_num_threads(o["threads"])
     preset = resolve_preset(o["preset"] or settings.train.preset)
     world = ddp.init_world(o["device"])
     try:
@@ -318,6 +364,7 @@ def _train(settings: Settings, **o: Any) -> None:
             compile=o["compile_"],
             precision=o["precision"],
             save_dtype=o["save_dtype"],
+            threads=o["threads"],
         )
         if world.is_main:
             click.echo(f"training {preset} into {out}", err=True)
@@ -343,8 +390,12 @@ def _print_summary(result: TrainResult) -> None:
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--data", "data", multiple=True, help="Default: the sources the model was trained on.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--data", "data", multiple=True, help="Default: the sources the model was trained on."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 @click.pass_obj
 def eval_command(
     settings: Settings, checkpoint: Path, as_json: bool, data: tuple[str, ...], device: str
@@ -429,7 +480,9 @@ def publish(settings: Settings, checkpoint: Path, opts: RunOptions, device: torc
     )
 
 
-def score_bpc(path: Path, val_texts: list[str], cache_dir: Path | None, device: torch.device) -> float:
+def score_bpc(
+    path: Path, val_texts: list[str], cache_dir: Path | None, device: torch.device
+) -> float:
     """A checkpoint's bits per character on ``val_texts``, through its own tokenizer."""
     ckpt = load_checkpoint(path, device=device)
     val: TokenSplit = encode_split(ckpt.tokenizer, val_texts, cache_dir)

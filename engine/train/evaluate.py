@@ -14,6 +14,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,13 +85,15 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 def _cpu_has_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: play safe
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+def autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -123,7 +126,9 @@ def evaluate_loss(
         batch = batch.to(device)
         with autocast(device, amp_dtype):
             logits, _ = model(batch[:, :-1])  # (B, T, V)
-        nats = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+        nats = F.cross_entropy(
+            logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"
+        )
         total_nats += float(nats)
         n_targets += batch[:, 1:].numel()
     model.train(was_training)

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -48,14 +47,9 @@ from engine.models import LanguageModel
 from engine.tokenizer import Tokenizer, load_tokenizer
 from engine.train import ddp
 from engine.train.data import TrainData, random_windows, step_generator, step_seed
-from engine.train.evaluate import (
-    autocast,
-    autocast_dtype,
-    evaluate_loss,
-    evaluate_model,
-)
+from engine.train.evaluate import autocast_dtype, evaluate_loss, evaluate_model
 from engine.train.plot import plot_losses
-from engine.train.schedule import Schedule
+from engine.train.schedule import Schedule, StepRunner, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +88,10 @@ class TrainConfig:
     """Evaluations without improvement before stopping early; 0 = never."""
     seed: int = 1337
     precision: str = "auto"
+    threads: int | None = None
+    """CPU threads per process. None: under a wall-clock budget, tune the count by timing
+    steps (see ``ThreadTuner``); with a step limit alone, torch's default, so the run is
+    reproducible bit for bit (the thread count changes float rounding)."""
     compile: bool = False
     """torch.compile the whole model (pays on GPUs; on a CPU only the loss is compiled)."""
     compile_loss: bool = True
@@ -130,98 +128,6 @@ class TrainResult:
     """The trained model holding the best weights, on every rank."""
 
 
-# ------------------------------------------------------------------------------ one step
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm gains and biases are left alone)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # The fused kernel updates every tensor in one pass instead of ~10 small ops each.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=True)
-
-
-class StepRunner:
-    """One optimizer step: accumulate ``len(batches)`` micro-batches, clip, update."""
-
-    def __init__(
-        self,
-        module: nn.Module,
-        model: LanguageModel,
-        optimizer: torch.optim.Optimizer,
-        *,
-        amp_dtype: torch.dtype | None,
-        grad_clip: float,
-        distributed: bool = False,
-        compile_loss: bool = True,
-    ) -> None:
-        self.module = module  # what forward/backward runs through: compiled and/or DDP
-        self.model = model
-        self.optimizer = optimizer
-        self.amp_dtype = amp_dtype
-        self.grad_clip = grad_clip
-        self.distributed = distributed
-        self.cross_entropy = CompiledLoss() if compile_loss else cross_entropy
-
-    def __call__(self, batches: list[tuple[Tensor, Tensor]], lr: float) -> Tensor:
-        """Returns the mean loss as a tensor (no device sync until someone reads it)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        total = torch.zeros((), device=self.model.device)
-        for i, (x, y) in enumerate(batches):
-            # DDP all-reduces gradients on every backward unless told to wait for the last.
-            last = i == len(batches) - 1
-            sync = self.module.no_sync() if self.distributed and not last else contextlib.nullcontext()
-            with sync:
-                loss = self.loss(x, y)
-                (loss / len(batches)).backward()
-            total += loss.detach()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total / len(batches)
-
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        with autocast(self.model.device, self.amp_dtype):
-            logits, _ = self.module(x)  # (B, T, V)
-        return self.cross_entropy(logits, y)
-
-
-def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-token loss in fp32 over (B, T, V) logits and (B, T) targets."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-class CompiledLoss:
-    """:func:`cross_entropy` through ``torch.compile``, falling back to eager if that fails.
-
-    Eagerly, the (B*T, V) softmax runs as separate passes (upcast, log-softmax, gather, and
-    the same again backwards) over the largest tensor of the step: a quarter of a small
-    model's step time on a CPU. Compiled, they fuse into one pass each way; measured +22%
-    tokens/s for gpt-small on a 2-core CPU, for ~3 s of compilation. Compiling the whole
-    model did not pay on a CPU (oneDNN's matmuls and flash attention already are the kernels
-    one wants) — ``--compile`` does that for GPUs.
-    """
-
-    def __init__(self) -> None:
-        self._compiled: Callable[[Tensor, Tensor], Tensor] | None = torch.compile(
-            cross_entropy, dynamic=False
-        )
-
-    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if self._compiled is not None:
-            try:
-                return self._compiled(logits, targets)
-            except Exception as e:  # no C++ compiler, an unsupported platform, ...
-                log.warning("compiled loss unavailable (%s); using the eager one", e)
-                self._compiled = None
-        return cross_entropy(logits, targets)
-
-
 # ------------------------------------------------------------------------------- trainer
 
 
@@ -244,13 +150,17 @@ class Trainer:
         self.tokenizer, self.data, self.cfg, self.out = tokenizer, data, cfg, Path(out)
         self.preset, self.provenance, self.on_step = preset, provenance, on_step
         self.amp_dtype = autocast_dtype(self.world.device, cfg.precision)
-        self.optimizer = make_optimizer(self.model, cfg, self.world.device)
+        self.optimizer = make_optimizer(
+            self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2
+        )
         self.schedule = Schedule(
             cfg.lr, cfg.lr * cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps, cfg.budget_s
         )
         self.progress = Progress()
         self.best_weights: dict[str, Tensor] | None = None
         self.train_tokens = torch.from_numpy(data.train.tokens)
+        self.threads = self._thread_tuner()
+        self._steps_here = 0
         module = ddp.wrap(self.model, self.world)
         if cfg.compile:
             module = torch.compile(module)  # type: ignore[assignment]
@@ -264,10 +174,22 @@ class Trainer:
             compile_loss=cfg.compile_loss,
         )
 
+    def _thread_tuner(self) -> ddp.ThreadTuner | None:
+        if self.world.device.type != "cpu":
+            return None
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+            return None
+        if self.cfg.budget_s is None:
+            return None  # a step-bounded run stays reproducible: keep torch's default
+        return ddp.ThreadTuner(torch.get_num_threads())
+
     @property
     def tokens_per_step(self) -> int:
         cfg = self.cfg
-        return cfg.batch_size * self.model.config.block_size * cfg.grad_accum * self.world.world_size
+        return (
+            cfg.batch_size * self.model.config.block_size * cfg.grad_accum * self.world.world_size
+        )
 
     # -------------------------------------------------------------------------- the loop
 
@@ -309,6 +231,7 @@ class Trainer:
     def _train_step(self, elapsed: float, bar: tqdm | None) -> None:
         p, cfg = self.progress, self.cfg
         lr = self.schedule.learning_rate(p.step, elapsed)
+        threads = self.threads.threads_for(self._steps_here) if self.threads else 0
         t0 = time.perf_counter()
         batches = list(self._micro_batches(p.step))
         # Dropout masks come from the global generator: seed it per step as well.
@@ -316,25 +239,35 @@ class Trainer:
         loss = float(self.step_runner(batches, lr))
         if not math.isfinite(loss):
             raise ModelError(f"the loss became {loss} at step {p.step}; try a lower --lr")
-        p.step_time_s += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if self.threads:
+            self.threads.record(self._steps_here, threads, seconds)
+        self._steps_here += 1
+        p.step_time_s += seconds
         p.step += 1
         p.tokens += self.tokens_per_step
         self._record_train_loss(loss)
-        if bar is not None:
-            before = bar.n
-            bar.update(int(1000 * self.schedule.progress(p.step, elapsed)) - before)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", tok_s=f"{p.tokens / max(p.step_time_s, 1e-9):,.0f}", step=p.step
-            )
+        self._show(bar, loss, elapsed)
         if self.on_step is not None:
             self.on_step(p.step)
+
+    def _show(self, bar: tqdm | None, loss: float, elapsed: float) -> None:
+        if bar is None:
+            return
+        p = self.progress
+        bar.update(int(1000 * self.schedule.progress(p.step, elapsed)) - bar.n)
+        tokens_per_s = p.tokens / max(p.step_time_s, 1e-9)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", step=p.step)
 
     def _micro_batches(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
         cfg, T = self.cfg, self.model.config.block_size
         for micro in range(cfg.grad_accum):
             g = step_generator(cfg.seed, step * cfg.grad_accum + micro, self.world.rank)
             x, y = random_windows(self.train_tokens, cfg.batch_size, T, g)
-            yield x.to(self.world.device, non_blocking=True), y.to(self.world.device, non_blocking=True)
+            yield (
+                x.to(self.world.device, non_blocking=True),
+                y.to(self.world.device, non_blocking=True),
+            )
 
     def _record_train_loss(self, loss: float) -> None:
         p = self.progress
@@ -352,6 +285,7 @@ class Trainer:
             bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
             desc=f"train {self.preset}",
             dynamic_ncols=True,
+            mininterval=1.0,
         )
 
     # ------------------------------------------------------------------ evaluation, saving
@@ -436,7 +370,10 @@ class Trainer:
             shutil.rmtree(self.out / STATE_DIR, ignore_errors=True)
             log.info(
                 "done (%s): val %.4f nats/token, %.3f bits/char, word validity %.1f%%",
-                p.stopped, report.val_loss, report.val_bpc, 100 * report.word_validity,
+                p.stopped,
+                report.val_loss,
+                report.val_bpc,
+                100 * report.word_validity,
             )
         ddp.barrier(self.world)
         return TrainResult(self.out, metrics, self.model)
@@ -590,7 +527,9 @@ def _param_groups_json(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]
     return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in groups]
 
 
-def _optimizer_state_dict(tensors: dict[str, Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+def _optimizer_state_dict(
+    tensors: dict[str, Tensor], groups: list[dict[str, Any]]
+) -> dict[str, Any]:
     state: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)

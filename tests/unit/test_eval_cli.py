@@ -32,7 +32,9 @@ def tiny_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_eval_json_has_the_keys(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "chats.jsonl")
     result = run_training(tiny_options(tmp_path, corpus), tiny_config(max_steps=10))
-    ran = CliRunner().invoke(cli, ["eval", str(result.checkpoint), "--json"], catch_exceptions=False)
+    ran = CliRunner().invoke(
+        cli, ["eval", str(result.checkpoint), "--json"], catch_exceptions=False
+    )
     assert ran.exit_code == 0, ran.output
     report = json.loads(ran.output)
     for key in ("val_bpc", "val_loss", "word_validity", "distinct_2", "samples"):
@@ -55,7 +57,9 @@ def test_char_model_bpc_is_its_loss_in_bits() -> None:
     ids = np.array([i for t in texts for i in tokenizer.encode(t)], dtype=np.int32)
     split = TokenSplit(ids, count_chars(texts))
     assert split.n_chars == len(ids)  # a special token counts as one character
-    config = ModelConfig(arch="gru", vocab_size=tokenizer.vocab_size, n_embd=8, n_hidden=8, block_size=16)
+    config = ModelConfig(
+        arch="gru", vocab_size=tokenizer.vocab_size, n_embd=8, n_hidden=8, block_size=16
+    )
     report = evaluate_loss(build_model(config), split)
     assert report.tokens == len(ids) - 1  # every token after the first, tail included
     assert report.bpc == pytest.approx(report.loss / math.log(2) * (len(ids) - 1) / len(ids))

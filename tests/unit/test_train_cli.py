@@ -62,7 +62,10 @@ def test_a_finished_run_is_not_clobbered(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "where"),
-    [("broken_truncated.jsonl", "broken_truncated.jsonl:3"), ("not_conversations.json", "not_conversations.json")],
+    [
+        ("broken_truncated.jsonl", "broken_truncated.jsonl:3"),
+        ("not_conversations.json", "not_conversations.json"),
+    ],
 )
 def test_bad_data_exits_with_the_file_and_line_and_no_traceback(
     tmp_path: Path, name: str, where: str

@@ -69,7 +69,9 @@ def test_schedule_warms_up_then_decays_with_steps_or_time() -> None:
     assert by_steps.learning_rate(0, 0.0) == pytest.approx(0.1)
     assert by_steps.learning_rate(9, 0.0) == pytest.approx(1.0)
     assert by_steps.learning_rate(110, 0.0) == pytest.approx(0.1)
-    assert by_steps.learning_rate(60, 0.0) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 60 / 110)))
+    assert by_steps.learning_rate(60, 0.0) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 60 / 110))
+    )
     by_time = Schedule(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=None, budget_s=100.0)
     assert by_time.learning_rate(5, 50.0) == pytest.approx(0.5)
     assert by_time.done(10**6, 99.0) is False and by_time.done(0, 100.0) is True

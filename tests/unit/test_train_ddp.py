@@ -67,3 +67,26 @@ def test_two_gloo_ranks_train_one_model(tmp_path: Path) -> None:
     val = metrics["history"]["val"]
     assert val[-1][1] < val[0][1]
     assert ranks[1]["metrics"] == {}  # rank 0 alone evaluates, saves and reports
+
+
+def test_thread_tuner_uses_the_fastest_count_and_rechecks() -> None:
+    from engine.train.ddp import ThreadTuner
+
+    before = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner(2, every=10, trial=2, skip=1)
+        speed = {1: 1.0, 2: 3.0}  # seconds per step: one thread is faster (a busy neighbour)
+        used = []
+        for step in range(25):
+            n = tuner.threads_for(step)
+            used.append(n)
+            tuner.record(step, n, speed[n])
+            if step == 12:
+                speed = {1: 1.0, 2: 0.5}  # the neighbour left
+        assert used[0] == 2  # warm-up at the default
+        assert used[1:5] == [1, 1, 2, 2]  # a trial of each count
+        assert set(used[5:11]) == {1}  # then the faster one
+        assert used[11:15] == [1, 1, 2, 2]  # every 10 steps, a new round
+        assert set(used[15:21]) == {2}  # which notices that 2 threads are faster now
+    finally:
+        torch.set_num_threads(before)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.models.config import PRESETS
 from engine.train.cli import run_training
 from engine.train.evaluate import sample_replies
-from engine.train.loop import STATE_DIR, find_state
+from engine.train.loop import STATE_DIR
 from tests.unit.test_train_helpers import (
     TINY,
     TINY_PRESET,

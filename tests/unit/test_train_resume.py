@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.models.config import PRESETS
 from engine.train.cli import run_training
-from engine.train.evaluate import sample_replies
-from engine.train.loop import STATE_DIR, find_state
+from engine.train.loop import find_state
 from tests.unit.test_train_helpers import (
     TINY,
     TINY_PRESET,
@@ -58,3 +59,21 @@ def test_a_crashed_run_resumes_where_its_state_was_saved(tmp_path: Path, corpus:
     a, b = load_checkpoint(whole.checkpoint).model, load_checkpoint(resumed.checkpoint).model
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_ctrl_c_saves_the_state_at_the_next_step_boundary(tmp_path: Path, corpus: Path) -> None:
+    whole = run_training(tiny_options(tmp_path / "a", corpus), tiny_config())
+
+    def press_ctrl_c(step: int) -> None:
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    opts = tiny_options(tmp_path / "b", corpus)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(opts, tiny_config(), on_step=press_ctrl_c)
+    state = find_state(opts.out)
+    assert state is not None
+    assert json.loads((state / "state.json").read_text())["progress"]["step"] == 7
+    resumed = run_training(opts, tiny_config())
+    assert resumed.metrics["history"] == whole.metrics["history"]
+    assert resumed.metrics["val_loss"] == pytest.approx(whole.metrics["val_loss"], abs=1e-6)
