@@ -23,7 +23,9 @@ fastest), as ``timeit`` does:
   deployment of all three on one small machine would set ``engine.torch_threads``).
 
 Usage: ``python -m bench.engine [--quick] [--redis-url URL] [--threads N] [--e2e-threads N]``.
-``--threads`` sets torch's threads for the other sections (default: torch's). Redis: database 7
+``--threads`` sets torch's threads for the other sections; by default the throughput section
+measures each side at 1..cores threads and keeps each side's best (an engine on a busy shared
+machine does best on fewer threads than cores, see the figures file). Redis: database 7
 of the Redis on 127.0.0.1:6379 (flushed before and after) unless ``--redis-url`` is given,
 else an embedded server.
 """
@@ -238,6 +240,16 @@ def loop_tokens_per_s(
     return tokens / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def best_of(repeats: int, *measures: Callable[[], float]) -> list[float]:
     """Each measure's best of ``repeats`` runs, the measures interleaved (drift hits all)."""
     runs: list[list[float]] = [[] for _ in measures]
@@ -247,7 +259,18 @@ def best_of(repeats: int, *measures: Callable[[], float]) -> list[float]:
     return [max(got) for got in runs]
 
 
-def throughput(ckpt: Checkpoint, name: str, sizes: Sizes, repeats: int) -> dict[str, Any]:
+def on_threads(n: int, measure: Callable[[], float]) -> Callable[[], float]:
+    def run() -> float:
+        with torch_threads(n):
+            return measure()
+
+    return run
+
+
+def throughput(
+    ckpt: Checkpoint, name: str, sizes: Sizes, repeats: int, thread_counts: list[int]
+) -> dict[str, Any]:
+    """Each side at each thread count, best of ``repeats``; each side's best count wins."""
     arch = ckpt.config.arch
     new = sizes.gru_new_tokens if arch == "gru" else sizes.gpt_new_tokens
     loop, n_base = (
@@ -255,25 +278,38 @@ def throughput(ckpt: Checkpoint, name: str, sizes: Sizes, repeats: int) -> dict[
         if arch == "gru"
         else (nanogpt_generate, sizes.gpt_baseline_requests)
     )
-    fp32 = scheduler_for(ckpt, new, None)
-    measures = [
-        lambda: loop_tokens_per_s(loop, ckpt, n_base, new),
-        lambda: engine_tokens_per_s(fp32, sizes.concurrency, sizes.concurrency),
-    ]
-    bf16 = scheduler_for(ckpt, new, torch.bfloat16)
-    measures.append(lambda: engine_tokens_per_s(bf16, sizes.concurrency, sizes.concurrency))
-    engine_tokens_per_s(fp32, sizes.concurrency, sizes.concurrency)  # warm up both engines
-    engine_tokens_per_s(bf16, sizes.concurrency, sizes.concurrency)
-    base, eng32, eng16 = best_of(repeats, *measures)
-    best, dtype = (eng16, "bfloat16") if eng16 > eng32 else (eng32, "float32")
+    fp32, bf16 = scheduler_for(ckpt, new, None), scheduler_for(ckpt, new, torch.bfloat16)
+    sides: dict[str, Callable[[], float]] = {
+        "baseline": lambda: loop_tokens_per_s(loop, ckpt, n_base, new),
+        "fp32": lambda: engine_tokens_per_s(fp32, sizes.concurrency, sizes.concurrency),
+        "bf16": lambda: engine_tokens_per_s(bf16, sizes.concurrency, sizes.concurrency),
+    }
+    sides["fp32"]()  # warm up both engines
+    sides["bf16"]()
+    runs = [(side, n) for side in sides for n in thread_counts]
+    got = best_of(repeats, *(on_threads(n, sides[side]) for side, n in runs))
+    best = {
+        side: max((v, n) for (s, n), v in zip(runs, got, strict=True) if s == side)
+        for side in sides
+    }
+    (base, base_threads), (eng32, threads32), (eng16, threads16) = (
+        best["baseline"],
+        best["fp32"],
+        best["bf16"],
+    )
+    eng, dtype, threads = (
+        (eng16, "bfloat16", threads16) if eng16 > eng32 else (eng32, "float32", threads32)
+    )
     return {
-        f"{name}_throughput_ratio": round(best / base, 2),
+        f"{name}_throughput_ratio": round(eng / base, 2),
         f"{name}_throughput_ratio_fp32": round(eng32 / base, 2),
-        f"{name}_engine_tokens_per_s": round(best),
+        f"{name}_engine_tokens_per_s": round(eng),
         f"{name}_engine_fp32_tokens_per_s": round(eng32),
         f"{name}_engine_bf16_tokens_per_s": round(eng16),
         f"{name}_engine_decode_dtype": dtype,
+        f"{name}_engine_threads": threads,
         f"{name}_baseline_tokens_per_s": round(base, 1),
+        f"{name}_baseline_threads": base_threads,
         f"{name}_new_tokens": new,
         f"{name}_concurrency": sizes.concurrency,
     }
@@ -451,16 +487,6 @@ async def _flush(url: str) -> None:
     await redis.aclose()
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def end_to_end(
     ckpt: Checkpoint, sizes: Sizes, redis_url: str | None, threads: int, repeats: int
 ) -> dict[str, Any]:
@@ -545,8 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         gru, gpt = bench_checkpoint(Path(tmp), "gru"), bench_checkpoint(Path(tmp), "gpt")
         if "throughput" not in args.skip:
-            result |= throughput(gru, "gru", sizes, repeats)
-            result |= throughput(gpt, "transformer", sizes, repeats)
+            counts = [args.threads] if args.threads else list(range(1, (os.cpu_count() or 1) + 1))
+            result |= throughput(gru, "gru", sizes, repeats, counts)
+            result |= throughput(gpt, "transformer", sizes, repeats, counts)
         if "ttft" not in args.skip:
             result |= followup(gru, gpt, sizes)
         if "queue" not in args.skip:

@@ -148,16 +148,16 @@ class Loop:
 
 
 def measure_throughput(
-    tokens: torch.Tensor, vocab_size: int, chars_per_token: float, seconds: float
+    tokens: torch.Tensor, vocab_size: int, chars_per_token: float, seconds: float, threads: int
 ) -> dict[str, Any]:
     """Parley's step vs the reference on the default preset, alternating in short rounds.
 
     ``parley`` is the trainer as it runs (threads tuned by timing, as ``parley train`` does
-    under a budget); ``parley_fixed_threads`` is the same step at torch's default thread
-    count, like the reference, which isolates the kernels' share of the speed-up.
+    under a budget); ``parley_fixed_threads`` is the same step at the reference's thread
+    count ``threads``, which isolates the kernels' share of the speed-up.
     """
     preset, cfg = resolve_preset("default"), train_config("default")
-    batch, rounds, threads = cfg.batch_size * cfg.grad_accum, 10, torch.get_num_threads()
+    batch, rounds, machine_threads = cfg.batch_size * cfg.grad_accum, 10, torch.get_num_threads()
     makers = {
         "reference": reference_step,
         "parley_fixed_threads": parley_step,
@@ -167,9 +167,8 @@ def measure_throughput(
     for name, make in makers.items():
         torch.manual_seed(0)
         model = build_model(preset_config(preset, vocab_size)).train()
-        loop = Loop(
-            make(model), model, ThreadTuner(threads, every=60) if name == "parley" else None
-        )
+        tuner = ThreadTuner(machine_threads, every=60) if name == "parley" else None
+        loop = Loop(make(model), model, tuner)
         started = time.perf_counter()
         loop.run_for(0.0, tokens, batch, threads)  # one step: warm-up, compiles the loss
         loop.run_for(0.0, tokens, batch, threads)
@@ -178,7 +177,7 @@ def measure_throughput(
     for _ in range(rounds):
         for loop in loops.values():
             loop.run_for(seconds / rounds, tokens, batch, threads)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(machine_threads)
     report: dict[str, Any] = {
         "preset": preset,
         "batch": batch,
@@ -237,6 +236,12 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="Comma-separated subset.")
     parser.add_argument("--work", type=Path, default=None, help="Where runs go (default: temp).")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="Threads of the reference and parley_fixed_threads loops (default: torch's).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     work = args.work or Path(tempfile.mkdtemp(prefix="parley-bench-"))
@@ -252,7 +257,7 @@ def main() -> None:
         "budget_s": args.budget_s,
     }
     if not args.skip_throughput:
-        result.update(throughput_section(work, args.throughput_s))
+        result.update(throughput_section(work, args.throughput_s, args.threads))
         print(json.dumps({k: v for k, v in result.items() if k != "machine"}), file=sys.stderr)
     result["models"] = []
     for name in filter(None, args.models.split(",")):
@@ -265,7 +270,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def throughput_section(work: Path, seconds: float) -> dict[str, Any]:
+def throughput_section(work: Path, seconds: float, threads: int) -> dict[str, Any]:
     texts = load_texts(["chitchat"])
     recipe = recipe_for(resolve_preset("default"), "gpt")
     tokenizer: Tokenizer = fit_tokenizer(recipe.tokenizer, texts.train, recipe.vocab_size or 4096)
@@ -273,7 +278,8 @@ def throughput_section(work: Path, seconds: float) -> dict[str, Any]:
     tokens = torch.from_numpy(split.tokens)
     peak_fp32 = matmul_peak(torch.float32)
     peak_bf16 = matmul_peak(torch.bfloat16)
-    tp = measure_throughput(tokens, tokenizer.vocab_size, split.n_chars / len(split), seconds)
+    chars_per_token = split.n_chars / len(split)
+    tp = measure_throughput(tokens, tokenizer.vocab_size, chars_per_token, seconds, threads)
     # The peak is measured again after the loops, and the higher kept: a busy neighbour
     # during one measurement must not inflate the MFU.
     peak_fp32 = max(peak_fp32, matmul_peak(torch.float32))

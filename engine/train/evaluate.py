@@ -157,14 +157,18 @@ def sample_replies(
     *,
     n: int = 1,
     temperature: float = 0.8,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     seed: int = 0,
 ) -> list[str]:
     """``n`` replies to one user message, generated as one batch, each ending at ``<|eot|>``.
 
-    The model runs in its own dtype, as the engine runs it (no autocast: a KV cache must
-    keep one dtype from prefill to the last decode step).
+    ``max_new_tokens`` defaults to about 200 characters' worth (64 BPE tokens, 200 chars).
+    A reply cut off there loses its last, possibly half-written, word: word validity must
+    not punish a model for where the budget happened to end. The model runs in its own
+    dtype, as the engine runs it (no autocast: a KV cache keeps one dtype throughout).
     """
+    if max_new_tokens is None:
+        max_new_tokens = _REPLY_TOKENS[tokenizer.kind]
     device, eot = model.device, tokenizer.eot_id
     ids = tokenizer.encode(format_prompt([], prompt))
     prompt_ids = torch.tensor([ids] * n, device=device)  # (n, P): same prompt in every row
@@ -187,7 +191,16 @@ def sample_replies(
             break
         logits, state = model(nxt[:, None].to(device), state, last_only=True)
     model.train(was_training)
-    return [tokenizer.decode(r) for r in replies]
+    texts = [tokenizer.decode(r) for r in replies]
+    return [t if done else _drop_last_word(t) for t, done in zip(texts, finished, strict=True)]
+
+
+_REPLY_TOKENS = {"bpe": 64, "char": 200}
+
+
+def _drop_last_word(text: str) -> str:
+    cut = max(text.rfind(" "), text.rfind("\n"))
+    return text[:cut].rstrip() if cut > 0 else ""
 
 
 def evaluate_samples(

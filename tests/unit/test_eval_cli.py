@@ -95,3 +95,11 @@ def test_replies_are_the_tokens_before_end_of_turn() -> None:
     replies = sample_replies(model, tokenizer, "hi", n=3, max_new_tokens=10)  # type: ignore[arg-type]
     assert replies == ["yo", "yo", "yo"]
     assert model.calls == len(script) + 1  # stopped once every row had said <|eot|>
+
+
+def test_a_reply_cut_off_by_the_budget_loses_its_half_word() -> None:
+    tokenizer = train_char_tokenizer(["<|user|>hi<|eot|><|bot|>ab cd ef<|eot|>"])
+    script = tokenizer.encode("ab cd ef")
+    model = _Scripted(script, tokenizer.eot_id, tokenizer.vocab_size)
+    replies = sample_replies(model, tokenizer, "hi", n=1, max_new_tokens=7)  # type: ignore[arg-type]
+    assert replies == ["ab cd"]  # "ab cd e" stopped mid-word
