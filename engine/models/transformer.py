@@ -10,7 +10,7 @@ Two paths through the same weights:
 The KV cache, per layer, is a right-padded buffer ``(B, n_head, S, head_dim)``. Row ``b`` holds
 ``lengths[b]`` valid entries at slots ``0 .. lengths[b]-1``, and its next token goes to slot
 (and RoPE position) ``lengths[b]``. A step writes each row's new keys at its own positions with
-one ``scatter_`` and attends under a mask ``slot <= position``, which hides both the future and
+one ``index_put_`` and attends under a mask ``slot <= position``, which hides both the future and
 the junk past a row's end. Given a fixed capacity ``S`` every tensor in a decode step has a
 static shape, so the step can later be captured in a CUDA graph; only ``lengths`` changes.
 
