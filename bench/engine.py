@@ -118,8 +118,11 @@ QUICK = Sizes(
 # -- models ---------------------------------------------------------------------------------------
 
 
-def bench_checkpoint(directory: Path, preset: str) -> Checkpoint:
-    """A randomly initialised ``preset`` with a character vocabulary, saved and loaded back."""
+def bench_checkpoint(
+    directory: Path, preset: str, device: str = "cpu", dtype: torch.dtype | None = None
+) -> Checkpoint:
+    """A randomly initialised ``preset`` with a character vocabulary, saved and loaded back
+    (onto ``device``, in ``dtype``: as the engine service loads it)."""
     torch.manual_seed(0)
     tokenizer = train_char_tokenizer([string.printable])
     model = build_model(preset_config(preset, tokenizer.vocab_size))
@@ -132,18 +135,18 @@ def bench_checkpoint(directory: Path, preset: str) -> Checkpoint:
         provenance={},
         overwrite=True,
     )
-    return load_checkpoint(path, device="cpu")
+    return load_checkpoint(path, device=device, dtype=dtype)
 
 
 def scheduler_for(
     ckpt: Checkpoint, sizes_new: int, decode_dtype: torch.dtype | None, **engine: Any
 ) -> Scheduler:
-    settings = EngineSettings(max_batch=64, **engine)
+    settings = EngineSettings(**{"max_batch": 64, **engine})
     return Scheduler(
         ckpt,
         settings,
         SamplingSettings(max_new_tokens=sizes_new),
-        torch.device("cpu"),
+        ckpt.model.device,
         metrics=EngineMetrics("bench", CollectorRegistry()),
         decode_dtype=decode_dtype,
         ignore_eot=True,
@@ -201,7 +204,7 @@ def prompt_ids(ckpt: Checkpoint) -> list[int]:
 
 def sample_plain(logits: torch.Tensor, eot: int) -> torch.Tensor:
     """The classic step: scale by the temperature, softmax, draw (end-of-turn banned)."""
-    logits = logits / TEMPERATURE
+    logits = logits.float() / TEMPERATURE
     logits[..., eot] = -torch.inf
     return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)  # (1, 1)
 
@@ -211,7 +214,8 @@ def char_rnn_loop(ckpt: Checkpoint, new_tokens: int) -> int:
     """The classic char-RNN sampler: feed the prompt, then one character per step, carrying
     the hidden state. Returns the tokens generated."""
     model, tok = ckpt.model, ckpt.tokenizer
-    logits, state = model(torch.tensor([prompt_ids(ckpt)]), None, last_only=True)
+    prompt = torch.tensor([prompt_ids(ckpt)], device=model.device)
+    logits, state = model(prompt, None, last_only=True)
     text = []
     for i in range(new_tokens):
         nxt = sample_plain(logits[0], tok.eot_id)  # (1, 1)
@@ -225,7 +229,7 @@ def char_rnn_loop(ckpt: Checkpoint, new_tokens: int) -> int:
 def nanogpt_generate(ckpt: Checkpoint, new_tokens: int) -> int:
     """nanoGPT's ``generate``: every step re-runs the (window-cropped) context from scratch."""
     model, block = ckpt.model, ckpt.config.block_size
-    idx = torch.tensor([prompt_ids(ckpt)])
+    idx = torch.tensor([prompt_ids(ckpt)], device=model.device)
     for _ in range(new_tokens):
         logits, _ = model(idx[:, -block:], None, last_only=True)
         idx = torch.cat((idx, sample_plain(logits[:, -1], ckpt.tokenizer.eot_id)), dim=1)

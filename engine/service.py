@@ -19,6 +19,7 @@ from bot.queue import RequestConsumer, ShardLeases, cancel_and_wait
 from bot.registry import ModelRegistry
 from bot.settings import Settings
 from engine.checkpoint import Checkpoint, load_checkpoint
+from engine.graphs import cpu_has_native_bf16
 from engine.scheduler import Scheduler
 from engine.worker import EngineWorker
 
@@ -51,9 +52,24 @@ def resolve_model(settings: Settings) -> Path:
     )
 
 
-def _load(path: Path, device: torch.device) -> Checkpoint:
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    return load_checkpoint(path, device=device, dtype=dtype)
+def serving_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The dtype ``engine.dtype`` means on ``device``."""
+    if setting == "auto":
+        native = device.type == "cuda" or cpu_has_native_bf16()
+        return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if setting == "bfloat16" else torch.float32
+
+
+def _load(path: Path, device: torch.device, dtype: torch.dtype) -> Checkpoint:
+    # A GPU holds only the serving weights. A CPU keeps float32 weights (and cached states)
+    # and the scheduler serves from a copy in ``dtype``: see engine.graphs.serving_copy.
+    weights = dtype if device.type == "cuda" else None
+    return load_checkpoint(path, device=device, dtype=weights)
+
+
+def decode_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
+    """What the scheduler serves from beside the loaded weights (``None``: the weights)."""
+    return None if device.type == "cuda" or dtype == torch.float32 else dtype
 
 
 async def serve(
@@ -67,11 +83,24 @@ async def serve(
     if settings.engine.torch_threads:
         torch.set_num_threads(settings.engine.torch_threads)
     device = choose_device(settings.engine.device)
+    dtype = serving_dtype(settings.engine.dtype, device)
     path = resolve_model(settings)
-    checkpoint = await asyncio.to_thread(_load, path, device)
-    log.info("serving model %s (%s) on %s", checkpoint.version, checkpoint.preset, device)
+    checkpoint = await asyncio.to_thread(_load, path, device, dtype)
+    log.info(
+        "serving model %s (%s) on %s in %s",
+        checkpoint.version,
+        checkpoint.preset,
+        device,
+        str(dtype).removeprefix("torch."),
+    )
     worker_id = settings.engine.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    scheduler = Scheduler(checkpoint, settings.engine, settings.sampling, device)
+    scheduler = Scheduler(
+        checkpoint,
+        settings.engine,
+        settings.sampling,
+        device,
+        decode_dtype=decode_dtype(dtype, device),
+    )
     consumer = RequestConsumer(redis, settings.redis, consumer=worker_id)
     worker = EngineWorker(settings, redis, consumer, scheduler, worker_id)
     # Shards are leased so a conversation stays on the worker that holds its cached state;
@@ -79,7 +108,9 @@ async def serve(
     leases = ShardLeases(redis, settings.redis, worker_id)
     lease_stop = asyncio.Event()
     leasing = asyncio.create_task(leases.run(consumer, lease_stop), name="leases")
-    swaps = asyncio.create_task(_follow_swaps(settings, redis, scheduler, device), name="swaps")
+    swaps = asyncio.create_task(
+        _follow_swaps(settings, redis, scheduler, device, dtype), name="swaps"
+    )
     if ready is not None:
         ready.set()
     try:
@@ -91,7 +122,11 @@ async def serve(
 
 
 async def _follow_swaps(
-    settings: Settings, redis: aioredis.Redis, scheduler: Scheduler, device: torch.device
+    settings: Settings,
+    redis: aioredis.Redis,
+    scheduler: Scheduler,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> None:
     """Load each newly published version in the background; the scheduler swaps between steps."""
     registry = ModelRegistry(settings.models_dir)
@@ -103,7 +138,9 @@ async def _follow_swaps(
                 continue
             version = message["data"].decode()
             try:
-                checkpoint = await asyncio.to_thread(_load, registry.get(version).path, device)
+                checkpoint = await asyncio.to_thread(
+                    _load, registry.get(version).path, device, dtype
+                )
             except ModelError as e:
                 log.error("cannot swap to %s: %s", version, e)
                 continue

@@ -23,7 +23,13 @@ CONFIGS = {
 }
 
 
-def tiny_checkpoint(directory: Path, arch: str = "gru", seed: int = 0) -> Checkpoint:
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+"""Where engine tests run: always the CPU, and a GPU where there is one (CUDA graphs on)."""
+
+
+def tiny_checkpoint(
+    directory: Path, arch: str = "gru", seed: int = 0, device: str = "cpu"
+) -> Checkpoint:
     """Build, save and load back a tiny model (the engine loads what the trainer saves)."""
     torch.manual_seed(seed)
     tokenizer = train_char_tokenizer(CORPUS)
@@ -31,4 +37,4 @@ def tiny_checkpoint(directory: Path, arch: str = "gru", seed: int = 0) -> Checkp
     path = save_checkpoint(
         directory, model, tokenizer, preset=f"test-{arch}", metrics={}, provenance={}
     )
-    return load_checkpoint(path, device="cpu")
+    return load_checkpoint(path, device=device)

@@ -6,11 +6,14 @@ The static decode step is what a CUDA graph captures on a GPU, so checking it ag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 from engine.graphs import DecodeBatch, PrefillBatch, graph_buckets, serving_copy
 from engine.models import LanguageModel, ModelConfig, build_model
+from tests.unit.engine_fixtures import DEVICES
 
 V = 40
 TINY = {
@@ -31,14 +34,17 @@ def sharpened(model: LanguageModel) -> LanguageModel:
     return model.eval()
 
 
-@pytest.fixture(params=sorted(TINY))
-def model(request: pytest.FixtureRequest) -> LanguageModel:
+@pytest.fixture(params=[(a, d) for d in DEVICES for a in sorted(TINY)], ids="-".join)
+def model(request: pytest.FixtureRequest) -> Iterator[LanguageModel]:
+    arch, device = request.param
     torch.manual_seed(0)
-    return sharpened(build_model(TINY[request.param]))
+    with torch.device(device):  # the model, and every tensor a test makes, on that device
+        yield sharpened(build_model(TINY[arch]))
 
 
 def ids(n: int, seed: int) -> list[int]:
-    return torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (n,), generator=gen, device="cpu").tolist()
 
 
 def prefilled(model: LanguageModel, prompt: list[int]):
@@ -153,7 +159,7 @@ def test_graph_buckets_cover_every_batch_size() -> None:
 @torch.inference_mode()
 def test_cuda_graphs_are_only_a_cuda_thing(model: LanguageModel) -> None:
     batch = DecodeBatch(model, serving_copy(model, None), rows=2, cuda_graphs=True)
-    assert batch._graphs is None  # on CPU the flag changes nothing
+    assert (batch._graphs is None) == (model.device.type == "cpu")  # on CPU a flag, no more
     batch.join(None, 1)
     assert batch.step().shape == (1, V)
 

@@ -15,7 +15,7 @@ from bot.wire import ChatRequest, ControlRequest, Sampling, Turn
 from engine.cache import deserialize_entry
 from engine.scheduler import Scheduler
 from engine.work import Applied, Control, Finished, Output, Progress, Spill, Work
-from tests.unit.engine_fixtures import tiny_checkpoint
+from tests.unit.engine_fixtures import DEVICES, tiny_checkpoint
 
 GREEDY = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
 
@@ -64,9 +64,10 @@ def replies(outputs: list[Output]) -> dict[str, str]:
     return {o.work.request.id: o.done.text for o in outputs if isinstance(o, Finished)}
 
 
-@pytest.fixture(params=["gru", "gpt"])
+@pytest.fixture(params=[(a, d) for d in DEVICES for a in ("gru", "gpt")], ids="-".join)
 def ckpt(request: pytest.FixtureRequest, tmp_path: Path):
-    return tiny_checkpoint(tmp_path / request.param, request.param)
+    arch, device = request.param
+    return tiny_checkpoint(tmp_path / arch, arch, device=device)
 
 
 def test_batched_greedy_equals_unbatched(ckpt) -> None:
@@ -189,7 +190,7 @@ def test_hot_swap_loses_no_request(ckpt, tmp_path: Path) -> None:
         s.submit(w)
     for _ in range(3):
         s.step_once()
-    new = tiny_checkpoint(tmp_path / "v2", ckpt.config.arch, seed=1)
+    new = tiny_checkpoint(tmp_path / "v2", ckpt.config.arch, seed=1, device=str(ckpt.model.device))
     s.swap(new)
     outputs = list(s._outputs)
     s._outputs = []

@@ -1,0 +1,95 @@
+"""The GPU path as the service runs it: bf16 weights, CUDA graphs, training with autocast.
+
+Every engine test in test_scheduler.py and test_engine_slots.py also runs on a GPU where
+there is one; these cover what only exists there. CI has no GPU: the CUDA tests skip, and
+the dtype rules are checked on the CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.settings import EngineSettings, SamplingSettings
+from engine.checkpoint import load_checkpoint
+from engine.graphs import cpu_has_native_bf16
+from engine.models.config import PRESETS
+from engine.scheduler import Scheduler
+from engine.service import _load, decode_dtype, serving_dtype
+from engine.train import ddp
+from engine.train.cli import run_training
+from engine.work import Finished
+from tests.unit.engine_fixtures import tiny_checkpoint
+from tests.unit.test_scheduler import make_work, replies, run_all
+from tests.unit.test_train_helpers import TINY, TINY_PRESET, tiny_config, tiny_options, write_corpus
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_engine_dtype_setting_resolves_per_device() -> None:
+    native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert serving_dtype("auto", CPU) == native
+    assert serving_dtype("auto", CUDA) == torch.bfloat16
+    assert serving_dtype("float32", CUDA) == torch.float32
+    assert serving_dtype("bfloat16", CPU) == torch.bfloat16
+    # A CPU keeps float32 weights and serves from a bf16 copy; a GPU loads bf16 weights.
+    assert decode_dtype(torch.bfloat16, CPU) == torch.bfloat16
+    assert decode_dtype(torch.float32, CPU) is None
+    assert decode_dtype(torch.bfloat16, CUDA) is None
+
+
+@needs_cuda
+@pytest.mark.parametrize("arch", ["gru", "gpt"])
+def test_bf16_graphed_service_answers_a_full_batch_close_to_fp32(arch: str, tmp_path: Path) -> None:
+    saved = tiny_checkpoint(tmp_path / arch, arch)
+    gpu = _load(tmp_path / arch, CUDA, serving_dtype("auto", CUDA))
+    assert gpu.model.dtype == torch.bfloat16 and gpu.model.device.type == "cuda"
+    settings = EngineSettings(max_batch=16, stream_interval_ms=0, prefill_chunk_tokens=16)
+    s = Scheduler(gpu, settings, SamplingSettings(), gpu.model.device)
+    assert s._model.decode._graphs is not None  # the decode step replays captured graphs
+    works = [make_work(f"c{i}", f"hello number {i}", rid=f"r{i}") for i in range(24)]
+    done = [o.done for o in run_all(s, list(works)) if isinstance(o, Finished)]
+    assert sorted(d.request_id for d in done) == sorted(w.request.id for w in works)
+    assert all(d.completion_tokens > 0 for d in done)
+    # The first reply token's logits in bf16 on the GPU stay within bf16 rounding of fp32.
+    prompt = torch.tensor([saved.tokenizer.encode("<|user|>hello there<|eot|><|bot|>")])
+    with torch.inference_mode():
+        want, _ = saved.model(prompt, None, last_only=True)
+        got, _ = gpu.model(prompt.to(CUDA), None, last_only=True)
+    err = (got.float().cpu() - want).norm() / want.norm()
+    assert err < 2e-2, err
+
+
+@needs_cuda
+@pytest.mark.parametrize("arch", ["gru", "gpt"])
+def test_graphed_greedy_replies_equal_the_cpu_in_float32(arch: str, tmp_path: Path) -> None:
+    cpu = tiny_checkpoint(tmp_path / "cpu", arch)
+    gpu = tiny_checkpoint(tmp_path / "gpu", arch, device="cuda")
+    settings = EngineSettings(stream_interval_ms=0, prefill_chunk_tokens=16)
+    texts = ["hello", "what did you do this weekend? tell me everything", "你好", "hi"]
+    works = [make_work(f"c{i}", t) for i, t in enumerate(texts)]
+    got = {
+        device: replies(
+            run_all(Scheduler(ck, settings, SamplingSettings(), ck.model.device), list(works))
+        )
+        for device, ck in (("cpu", cpu), ("cuda", gpu))
+    }
+    assert got["cuda"] == got["cpu"]
+
+
+@needs_cuda
+@pytest.mark.parametrize("compile_model", [False, True])
+def test_training_on_the_gpu_learns_and_loads_anywhere(
+    compile_model: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(PRESETS, TINY_PRESET, TINY)
+    corpus = write_corpus(tmp_path / "chats.jsonl")
+    cfg = tiny_config(compile=compile_model)
+    result = run_training(tiny_options(tmp_path, corpus), cfg, ddp.World(0, 1, CUDA))
+    val = result.metrics["history"]["val"]
+    assert val[-1][1] < val[0][1] - 0.3
+    ckpt = load_checkpoint(result.checkpoint, device="cpu")  # trained on a GPU, served anywhere
+    assert ckpt.model.device.type == "cpu"
