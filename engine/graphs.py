@@ -22,10 +22,12 @@ back, so the cache always holds states in the model's own dtype.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, cast
 
 import torch
@@ -180,6 +182,20 @@ class DecodeBatch(SlotBatch):
         return logits
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while capturing: a collection that frees another graph (an old
+    model's, after a hot swap) mid-capture resets it, which invalidates the capture."""
+    gc.collect()  # collect now, before any capture begins
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def graph_buckets(max_batch: int) -> list[int]:
     """Batch sizes to capture: powers of two below ``max_batch``, and ``max_batch``."""
     sizes = [1 << i for i in range(max_batch.bit_length()) if (1 << i) < max_batch]
@@ -209,7 +225,7 @@ class CudaGraphs:
         self._buckets = sorted(buckets or graph_buckets(max_batch))
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         pool = torch.cuda.graph_pool_handle()
-        with torch.inference_mode():
+        with torch.inference_mode(), _collector_paused():
             for size in reversed(self._buckets):  # largest first, so smaller ones reuse its pool
                 self._graphs[size] = self._capture(size, pool)
         log.info("captured the decode step for batch sizes %s", self._buckets)

@@ -7,6 +7,7 @@ the dtype rules are checked on the CPU.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from bot.settings import EngineSettings, SamplingSettings
 from engine.checkpoint import load_checkpoint
-from engine.graphs import cpu_has_native_bf16
+from engine.graphs import DecodeBatch, cpu_has_native_bf16, serving_copy
 from engine.models.config import PRESETS
 from engine.scheduler import Scheduler
 from engine.service import _load, decode_dtype, serving_dtype
@@ -78,6 +79,27 @@ def test_graphed_greedy_replies_equal_the_cpu_in_float32(arch: str, tmp_path: Pa
         for device, ck in (("cpu", cpu), ("cuda", gpu))
     }
     assert got["cuda"] == got["cpu"]
+
+
+@needs_cuda
+def test_capture_survives_old_graphs_dying_mid_capture(tmp_path: Path) -> None:
+    """A hot swap leaves the old model's graphs as garbage; freeing one while the new model
+    captures would invalidate that capture (seen on an H200 before captures paused the GC)."""
+    ckpt = tiny_checkpoint(tmp_path, "gru", device="cuda")
+    decoder = serving_copy(ckpt.model, None)
+    old = DecodeBatch(ckpt.model, decoder, rows=8, cuda_graphs=True)
+    cycle: list[object] = [old]
+    cycle.append(cycle)  # garbage that only the collector frees
+    del old, cycle
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)  # collect at nearly every allocation, mid-capture included
+    try:
+        new = DecodeBatch(ckpt.model, decoder, rows=8, cuda_graphs=True)
+    finally:
+        gc.set_threshold(*threshold)
+    with torch.inference_mode():
+        new.join(None, 1)
+        assert new.step().shape == (1, ckpt.config.vocab_size)
 
 
 @needs_cuda
