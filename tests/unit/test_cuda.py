@@ -85,7 +85,7 @@ def test_graphed_greedy_replies_equal_the_cpu_in_float32(arch: str, tmp_path: Pa
 def test_capture_survives_old_graphs_dying_mid_capture(tmp_path: Path) -> None:
     """A hot swap leaves the old model's graphs as garbage; freeing one while the new model
     captures would invalidate that capture (seen on an H200 before captures paused the GC)."""
-    ckpt = tiny_checkpoint(tmp_path, "gru", device="cuda")
+    ckpt = tiny_checkpoint(tmp_path / "gru", "gru", device="cuda")
     decoder = serving_copy(ckpt.model, None)
     old = DecodeBatch(ckpt.model, decoder, rows=8, cuda_graphs=True)
     cycle: list[object] = [old]
