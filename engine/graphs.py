@@ -27,6 +27,7 @@ import copy
 import functools
 import gc
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, cast
 
@@ -81,6 +82,33 @@ def serving_copy(model: LanguageModel, dtype: torch.dtype | None) -> SlotModel:
     """
     decoder = model if dtype in (None, model.dtype) else copy.deepcopy(model).to(dtype)
     return cast(SlotModel, decoder.eval())
+
+
+def fastest_decode_dtype(
+    model: LanguageModel, rows: int, candidates: Sequence[torch.dtype], steps: int = 8
+) -> torch.dtype:
+    """The candidate whose decode step over ``rows`` rows runs fastest on this machine
+    (each candidate's best of ``steps`` timed steps, after a warm-up)."""
+    best: dict[torch.dtype, float] = {}
+    with torch.inference_mode():
+        for dtype in candidates:
+            batch = DecodeBatch(model, serving_copy(model, dtype), rows)
+            for _ in range(rows):
+                batch.join(None, 0)
+            times = []
+            for _ in range(steps + 2):
+                started = time.perf_counter()
+                batch.step()
+                times.append(time.perf_counter() - started)
+            best[dtype] = min(times[2:])
+    chosen = min(best, key=lambda d: best[d])
+    log.info(
+        "decode step over %d rows: %s; serving in %s",
+        rows,
+        ", ".join(f"{str(d).removeprefix('torch.')} {t * 1000:.2f} ms" for d, t in best.items()),
+        str(chosen).removeprefix("torch."),
+    )
+    return chosen
 
 
 class SlotBatch:

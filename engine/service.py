@@ -17,9 +17,10 @@ from bot import keys
 from bot.errors import ConfigError, ModelError
 from bot.queue import RequestConsumer, ShardLeases, cancel_and_wait
 from bot.registry import ModelRegistry
-from bot.settings import Settings
+from bot.settings import EngineSettings, Settings
 from engine.checkpoint import Checkpoint, load_checkpoint
-from engine.graphs import cpu_has_native_bf16
+from engine.graphs import cpu_has_native_bf16, fastest_decode_dtype
+from engine.models import LanguageModel
 from engine.scheduler import Scheduler
 from engine.worker import EngineWorker
 
@@ -52,24 +53,35 @@ def resolve_model(settings: Settings) -> Path:
     )
 
 
-def serving_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """The dtype ``engine.dtype`` means on ``device``."""
-    if setting == "auto":
-        native = device.type == "cuda" or cpu_has_native_bf16()
-        return torch.bfloat16 if native else torch.float32
-    return torch.bfloat16 if setting == "bfloat16" else torch.float32
+def weights_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The dtype to load weights in: a GPU holds only its serving weights (bf16 unless told
+    otherwise); a CPU keeps float32 weights, and cached states, whatever it serves from."""
+    if device.type == "cuda":
+        return torch.float32 if setting == "float32" else torch.bfloat16
+    return None
 
 
-def _load(path: Path, device: torch.device, dtype: torch.dtype) -> Checkpoint:
-    # A GPU holds only the serving weights. A CPU keeps float32 weights (and cached states)
-    # and the scheduler serves from a copy in ``dtype``: see engine.graphs.serving_copy.
-    weights = dtype if device.type == "cuda" else None
-    return load_checkpoint(path, device=device, dtype=weights)
+def choose_decode_dtype(
+    engine: EngineSettings, model: LanguageModel, device: torch.device
+) -> torch.dtype | None:
+    """The dtype a CPU serves from beside its float32 weights (``None``: the weights).
+
+    ``auto`` takes bf16 only on a CPU that multiplies it natively and only where a measured
+    decode step is faster with it: a GRU's large gate matmuls are (~1.7x), a small GPT's
+    often are not. A GPU serves from the weights as loaded (:func:`weights_dtype`).
+    """
+    if device.type == "cuda" or engine.dtype == "float32":
+        return None
+    if engine.dtype == "bfloat16":
+        return torch.bfloat16
+    if not cpu_has_native_bf16():
+        return None
+    best = fastest_decode_dtype(model, engine.max_batch, (torch.float32, torch.bfloat16))
+    return None if best == torch.float32 else best
 
 
-def decode_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
-    """What the scheduler serves from beside the loaded weights (``None``: the weights)."""
-    return None if device.type == "cuda" or dtype == torch.float32 else dtype
+def load_for_serving(path: Path, device: torch.device, setting: str) -> Checkpoint:
+    return load_checkpoint(path, device=device, dtype=weights_dtype(setting, device))
 
 
 async def serve(
@@ -83,15 +95,16 @@ async def serve(
     if settings.engine.torch_threads:
         torch.set_num_threads(settings.engine.torch_threads)
     device = choose_device(settings.engine.device)
-    dtype = serving_dtype(settings.engine.dtype, device)
     path = resolve_model(settings)
-    checkpoint = await asyncio.to_thread(_load, path, device, dtype)
+    checkpoint = await asyncio.to_thread(load_for_serving, path, device, settings.engine.dtype)
+    # Decided once per process, for the first model: a swapped-in version is served alike.
+    decode = await asyncio.to_thread(choose_decode_dtype, settings.engine, checkpoint.model, device)
     log.info(
         "serving model %s (%s) on %s in %s",
         checkpoint.version,
         checkpoint.preset,
         device,
-        str(dtype).removeprefix("torch."),
+        str(decode or checkpoint.model.dtype).removeprefix("torch."),
     )
     worker_id = settings.engine.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     scheduler = Scheduler(
@@ -99,7 +112,7 @@ async def serve(
         settings.engine,
         settings.sampling,
         device,
-        decode_dtype=decode_dtype(dtype, device),
+        decode_dtype=decode,
     )
     consumer = RequestConsumer(redis, settings.redis, consumer=worker_id)
     worker = EngineWorker(settings, redis, consumer, scheduler, worker_id)
@@ -108,9 +121,7 @@ async def serve(
     leases = ShardLeases(redis, settings.redis, worker_id)
     lease_stop = asyncio.Event()
     leasing = asyncio.create_task(leases.run(consumer, lease_stop), name="leases")
-    swaps = asyncio.create_task(
-        _follow_swaps(settings, redis, scheduler, device, dtype), name="swaps"
-    )
+    swaps = asyncio.create_task(_follow_swaps(settings, redis, scheduler, device), name="swaps")
     if ready is not None:
         ready.set()
     try:
@@ -126,7 +137,6 @@ async def _follow_swaps(
     redis: aioredis.Redis,
     scheduler: Scheduler,
     device: torch.device,
-    dtype: torch.dtype,
 ) -> None:
     """Load each newly published version in the background; the scheduler swaps between steps."""
     registry = ModelRegistry(settings.models_dir)
@@ -139,7 +149,7 @@ async def _follow_swaps(
             version = message["data"].decode()
             try:
                 checkpoint = await asyncio.to_thread(
-                    _load, registry.get(version).path, device, dtype
+                    load_for_serving, registry.get(version).path, device, settings.engine.dtype
                 )
             except ModelError as e:
                 log.error("cannot swap to %s: %s", version, e)

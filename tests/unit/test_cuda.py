@@ -15,10 +15,10 @@ import torch
 
 from bot.settings import EngineSettings, SamplingSettings
 from engine.checkpoint import load_checkpoint
-from engine.graphs import DecodeBatch, cpu_has_native_bf16, serving_copy
+from engine.graphs import DecodeBatch, cpu_has_native_bf16, fastest_decode_dtype, serving_copy
 from engine.models.config import PRESETS
 from engine.scheduler import Scheduler
-from engine.service import _load, decode_dtype, serving_dtype
+from engine.service import choose_decode_dtype, load_for_serving, weights_dtype
 from engine.train import ddp
 from engine.train.cli import run_training
 from engine.work import Finished
@@ -30,23 +30,35 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-def test_engine_dtype_setting_resolves_per_device() -> None:
-    native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    assert serving_dtype("auto", CPU) == native
-    assert serving_dtype("auto", CUDA) == torch.bfloat16
-    assert serving_dtype("float32", CUDA) == torch.float32
-    assert serving_dtype("bfloat16", CPU) == torch.bfloat16
-    # A CPU keeps float32 weights and serves from a bf16 copy; a GPU loads bf16 weights.
-    assert decode_dtype(torch.bfloat16, CPU) == torch.bfloat16
-    assert decode_dtype(torch.float32, CPU) is None
-    assert decode_dtype(torch.bfloat16, CUDA) is None
+def test_engine_dtype_setting_resolves_per_device(tmp_path: Path) -> None:
+    # A GPU loads its serving weights in bf16; a CPU keeps float32 weights.
+    assert weights_dtype("auto", CUDA) == torch.bfloat16
+    assert weights_dtype("float32", CUDA) == torch.float32
+    assert weights_dtype("auto", CPU) is None
+    model = tiny_checkpoint(tmp_path / "gru", "gru").model
+
+    def decode(setting: str, device: torch.device) -> torch.dtype | None:
+        return choose_decode_dtype(EngineSettings(dtype=setting, max_batch=4), model, device)
+
+    assert decode("auto", CUDA) is None  # the GPU serves from its (bf16) weights
+    assert decode("float32", CPU) is None
+    assert decode("bfloat16", CPU) == torch.bfloat16
+    # auto on a CPU: bf16 only where the CPU has it natively, and then only if measured faster
+    assert decode("auto", CPU) in ((None, torch.bfloat16) if cpu_has_native_bf16() else (None,))
+
+
+def test_the_fastest_decode_dtype_is_one_of_the_candidates(tmp_path: Path) -> None:
+    model = tiny_checkpoint(tmp_path / "gpt", "gpt").model
+    for candidates in ([torch.float32], [torch.float32, torch.bfloat16]):
+        assert fastest_decode_dtype(model, 8, candidates, steps=2) in candidates
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model is untouched
 
 
 @needs_cuda
 @pytest.mark.parametrize("arch", ["gru", "gpt"])
 def test_bf16_graphed_service_answers_a_full_batch_close_to_fp32(arch: str, tmp_path: Path) -> None:
     saved = tiny_checkpoint(tmp_path / arch, arch)
-    gpu = _load(tmp_path / arch, CUDA, serving_dtype("auto", CUDA))
+    gpu = load_for_serving(tmp_path / arch, CUDA, "auto")
     assert gpu.model.dtype == torch.bfloat16 and gpu.model.device.type == "cuda"
     settings = EngineSettings(max_batch=16, stream_interval_ms=0, prefill_chunk_tokens=16)
     s = Scheduler(gpu, settings, SamplingSettings(), gpu.model.device)
