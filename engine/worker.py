@@ -12,6 +12,7 @@ The torch thread never calls Redis and this loop never runs a model step.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from bot import keys, wire
 from bot.errors import WireError
@@ -190,17 +192,21 @@ class EngineWorker:
                 finished.append(d)
             else:
                 spills.append(out)
-        if histories or spills:
-            await self._store(histories, spills)
-        await self._consumer.write(items)
+        # One transaction: a reply is acknowledged together with its history turns, so a
+        # crash never leaves a stored exchange whose request is answered again.
+        stored = functools.partial(self._store, histories, spills) if histories or spills else None
+        await self._consumer.write(items, also=stored)
         for d in finished:
             await self._release(d)
 
-    async def _store(
-        self, histories: Sequence[tuple[str, str, Turn, Turn]], spills: Sequence[Spill]
+    def _store(
+        self,
+        histories: Sequence[tuple[str, str, Turn, Turn]],
+        spills: Sequence[Spill],
+        pipe: Pipeline,
     ) -> None:
+        """Queue the history turns of finished replies and the spilled states into ``pipe``."""
         ttl_s = self._settings.engine.state_ttl_s
-        pipe = self._redis.pipeline(transaction=False)
         for conv, user, user_turn, bot_turn in histories:
             if user:
                 pipe.sadd(keys.user_conversations(user), conv)
@@ -211,7 +217,6 @@ class EngineWorker:
             pipe.expire(key, ttl_s)
         for spill in spills:
             pipe.set(keys.state(spill.conversation), spill.data, ex=ttl_s)
-        await pipe.execute()
 
     async def _apply_control(self, control: Control) -> None:
         """Delete what Redis holds for a reset conversation, or for a forgotten user."""

@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from bot import keys, wire
@@ -305,14 +306,17 @@ class RequestConsumer:
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def write(self, items: Sequence[Outgoing]) -> None:
-        """:meth:`ReplyWriter.write`: events, exchanges and acks of ``items`` in one go.
+    async def write(
+        self, items: Sequence[Outgoing], also: Callable[[Pipeline], object] | None = None
+    ) -> None:
+        """:meth:`ReplyWriter.write`: events, exchanges and acks of ``items`` (and what
+        ``also`` queues) in one transaction.
 
         The deliveries acknowledged here are no longer in flight even when the write fails:
         they stay pending, and a later claim pass hands them out again.
         """
         try:
-            await self.writer.write(items)
+            await self.writer.write(items, also)
         finally:
             for item in items:
                 if item.ack is not None:

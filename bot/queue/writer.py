@@ -12,7 +12,7 @@ length is its backlog, which is what the adapter's bound (``max_stream_len``) me
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
@@ -38,13 +38,18 @@ class ReplyWriter:
         self.log_stream_len = log_stream_len
         self._expiry_set_s: dict[str, float] = {}  # reply stream -> when its TTL was last set
 
-    async def write(self, items: Sequence[Outgoing]) -> None:
+    async def write(
+        self, items: Sequence[Outgoing], also: Callable[[Pipeline], object] | None = None
+    ) -> None:
         """Append every event and exchange of ``items`` and acknowledge their deliveries,
-        all in one transaction. Raises :class:`QueueError` when Redis fails (then nothing
-        was written, and the deliveries stay pending)."""
-        if not items:
+        all in one transaction; ``also`` queues more commands into it (the engine's history
+        and state writes). Raises :class:`QueueError` when Redis fails (then nothing was
+        written, and the deliveries stay pending)."""
+        if not items and also is None:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
+            if also is not None:
+                also(pipe)
             expiring = self._queue(pipe, items)
             try:
                 await pipe.execute()

@@ -391,6 +391,26 @@ async def test_exchange_goes_to_the_log(
     assert wire.decode_exchange(fields[b"m"]) == exchange
 
 
+async def test_extra_commands_share_the_reply_transaction(
+    redis: aioredis.Redis,
+    redis_settings: RedisSettings,
+) -> None:
+    writer = ReplyWriter(redis, redis_settings)
+    done = Done(request_id="r", seq=0, text="hi")
+    await writer.write([Outgoing([done], "test")], also=lambda pipe: pipe.rpush("h", "turn"))
+    assert await redis.lrange("h", 0, -1) == [b"turn"]
+    assert len(await redis.xrange(keys.reply_stream("test"))) == 1
+    await writer.write([], also=lambda pipe: pipe.rpush("h", "alone"))  # no events: still runs
+    assert await redis.llen("h") == 2
+    # A transaction Redis refuses writes nothing: not the events, not the extra commands.
+    with pytest.raises(QueueError):
+        await writer.write(
+            [Outgoing([done], "test")], also=lambda pipe: pipe.execute_command("NOSUCHCOMMAND")
+        )
+    assert await redis.llen("h") == 2
+    assert len(await redis.xrange(keys.reply_stream("test"))) == 1
+
+
 # -- connections and the embedded server -------------------------------------------------------
 
 
