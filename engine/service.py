@@ -81,6 +81,7 @@ def choose_decode_dtype(
 
 
 def load_for_serving(path: Path, device: torch.device, setting: str) -> Checkpoint:
+    """The checkpoint at ``path`` on ``device``, its weights in :func:`weights_dtype`."""
     return load_checkpoint(path, device=device, dtype=weights_dtype(setting, device))
 
 
