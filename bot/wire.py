@@ -7,6 +7,7 @@ A queue entry that is not a valid message of a known type and supported version 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, TypeVar
 
 import msgspec
@@ -143,6 +144,9 @@ _M = TypeVar("_M", bound=_Message)
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
 _event_decoder: msgspec.msgpack.Decoder[ReplyEvent] = msgspec.msgpack.Decoder(ReplyEvent)
+_events_decoder: msgspec.msgpack.Decoder[list[ReplyEvent]] = msgspec.msgpack.Decoder(
+    list[ReplyEvent]
+)
 _exchange_decoder = msgspec.msgpack.Decoder(Exchange)
 
 
@@ -151,11 +155,20 @@ def encode(message: _Message) -> bytes:
     return _encoder.encode(message)
 
 
+def encode_events(events: Sequence[ReplyEvent]) -> bytes:
+    """Encode several reply events as one array (one reply-stream entry)."""
+    return _encoder.encode(list(events))
+
+
 def _decode(decoder: msgspec.msgpack.Decoder[_M], data: bytes) -> _M:
     try:
         message = decoder.decode(data)
     except msgspec.DecodeError as e:
         raise WireError(f"malformed wire message: {e}") from e
+    return _supported(message)
+
+
+def _supported(message: _M) -> _M:
     if message.v > WIRE_VERSION:
         raise WireError(f"wire version {message.v} is newer than supported {WIRE_VERSION}")
     return message
@@ -169,6 +182,16 @@ def decode_request(data: bytes) -> Request:
 def decode_event(data: bytes) -> ReplyEvent:
     """Decode a reply-stream entry, or raise :class:`WireError`."""
     return _decode(_event_decoder, data)
+
+
+def decode_events(data: bytes) -> list[ReplyEvent]:
+    """Decode a reply-stream entry of several events (:func:`encode_events`), or raise
+    :class:`WireError`."""
+    try:
+        events = _events_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise WireError(f"malformed wire message: {e}") from e
+    return [_supported(event) for event in events]
 
 
 def decode_exchange(data: bytes) -> Exchange:

@@ -49,6 +49,7 @@ RETRY_MIN_S = 0.05
 RETRY_MAX_S = 5.0
 
 _FIELD = keys.FIELD.encode()
+_EVENTS_FIELD = keys.EVENTS_FIELD.encode()
 
 # KEYS[1]: a request stream. ARGV[1]: its bound, ARGV[2]: the entry field, ARGV[3..]: payloads.
 # Appends payloads in order while the stream is below its bound; returns how many it appended.
@@ -331,12 +332,20 @@ class ParleyClient:
                     self._route(entry_id, fields or {})
 
     def _route(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        """Put one reply-stream entry into its request's mailbox, or drop it."""
+        """Put the events of one reply-stream entry into their requests' mailboxes."""
         try:
-            event = wire.decode_event(fields.get(_FIELD, b""))
+            if _EVENTS_FIELD in fields:
+                events = wire.decode_events(fields[_EVENTS_FIELD])
+            else:
+                events = [wire.decode_event(fields.get(_FIELD, b""))]
         except WireError as e:
             log.warning("dropping reply entry %r on %s: %s", entry_id, self.reply_key, e)
             return
+        for event in events:
+            self._route_event(event)
+
+    def _route_event(self, event: wire.ReplyEvent) -> None:
+        """Put one event into its request's mailbox, or drop it."""
         box = self._mailboxes.get(event.request_id)
         if box is None:
             log.debug(

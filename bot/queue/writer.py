@@ -22,6 +22,7 @@ from bot.errors import QueueError
 from bot.queue.items import Outgoing
 from bot.redis import Redis
 from bot.settings import RedisSettings
+from bot.wire import ReplyEvent
 
 LOG_STREAM_LEN = 100_000
 """Approximate bound of the conversation log stream (the trainer drains it)."""
@@ -62,16 +63,11 @@ class ReplyWriter:
     def _queue(self, pipe: Pipeline, items: Sequence[Outgoing]) -> list[str]:
         """Queue the commands for ``items``; returns the reply streams whose TTL it sets."""
         reply_len = self.settings.reply_stream_len
-        touched: set[str] = set()
+        events: dict[str, list[ReplyEvent]] = {}  # reply stream -> its events, in order
         acks: dict[int, list[str]] = {}
         for item in items:
-            stream = keys.reply_stream(item.reply_to)
             if item.events:
-                touched.add(stream)
-            for event in item.events:
-                pipe.xadd(
-                    stream, {keys.FIELD: wire.encode(event)}, maxlen=reply_len, approximate=True
-                )
+                events.setdefault(keys.reply_stream(item.reply_to), []).extend(item.events)
             if item.exchange is not None:
                 pipe.xadd(
                     keys.LOG_STREAM,
@@ -81,7 +77,16 @@ class ReplyWriter:
                 )
             if item.ack is not None:
                 acks.setdefault(item.ack.shard, []).append(item.ack.entry_id)
-        expiring = self._due_for_expiry(touched)
+        for stream, batch in events.items():
+            # One entry per adapter per batch: an engine streaming to 64 conversations
+            # appends one entry a step, not 64.
+            fields = (
+                {keys.FIELD: wire.encode(batch[0])}
+                if len(batch) == 1
+                else {keys.EVENTS_FIELD: wire.encode_events(batch)}
+            )
+            pipe.xadd(stream, fields, maxlen=reply_len, approximate=True)  # type: ignore[arg-type]
+        expiring = self._due_for_expiry(set(events))
         for stream in expiring:
             pipe.expire(stream, self.settings.reply_stream_ttl_s)
         for shard, entry_ids in acks.items():

@@ -72,6 +72,17 @@ def test_events_round_trip(event: wire.ReplyEvent) -> None:
     assert wire.decode_event(wire.encode(event)) == event
 
 
+def test_several_events_round_trip_as_one_entry() -> None:
+    assert wire.decode_events(wire.encode_events([DELTA, DONE, ERROR])) == [DELTA, DONE, ERROR]
+    with pytest.raises(WireError):
+        wire.decode_events(wire.encode(DELTA))  # one event is not an array of them
+    with pytest.raises(WireError):
+        wire.decode_events(wire.encode_events([DELTA])[:-2])  # truncated
+    with pytest.raises(WireError, match="newer"):
+        newer = msgspec.structs.replace(DONE, v=wire.WIRE_VERSION + 1)
+        wire.decode_events(wire.encode_events([DELTA, newer]))
+
+
 def test_exchange_round_trips() -> None:
     assert wire.decode_exchange(wire.encode(EXCHANGE)) == EXCHANGE
 
