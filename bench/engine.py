@@ -25,7 +25,7 @@ fastest), as ``timeit`` does:
 Usage: ``python -m bench.engine [--quick] [--redis-url URL] [--threads N] [--e2e-threads N]``.
 ``--threads`` sets torch's threads for the other sections; by default the throughput section
 measures each side at 1..cores threads and keeps each side's best (an engine on a busy shared
-machine does best on fewer threads than cores, see the figures file). Redis: database 7
+machine does best on fewer threads than cores, see the README's figures). Redis: database 7
 of the Redis on 127.0.0.1:6379 (flushed before and after) unless ``--redis-url`` is given,
 else an embedded server.
 """
@@ -69,7 +69,7 @@ from bot.registry import ModelRegistry
 from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings
 from bot.wire import ChatRequest, Sampling, Turn
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from engine.graphs import cpu_has_native_bf16
+from engine.hardware import cpu_has_native_bf16
 from engine.metrics import EngineMetrics
 from engine.models import build_model, preset_config
 from engine.scheduler import Scheduler
@@ -296,14 +296,10 @@ def throughput(
         side: max((v, n) for (s, n), v in zip(runs, got, strict=True) if s == side)
         for side in sides
     }
-    (base, base_threads), (eng32, threads32), (eng16, threads16) = (
-        best["baseline"],
-        best["fp32"],
-        best["bf16"],
-    )
-    eng, dtype, threads = (
-        (eng16, "bfloat16", threads16) if eng16 > eng32 else (eng32, "float32", threads32)
-    )
+    base, base_threads = best["baseline"]
+    eng32, eng16 = best["fp32"][0], best["bf16"][0]
+    dtype = "bfloat16" if eng16 > eng32 else "float32"
+    eng, threads = best["bf16" if dtype == "bfloat16" else "fp32"]
     return {
         f"{name}_throughput_ratio": round(eng / base, 2),
         f"{name}_throughput_ratio_fp32": round(eng32 / base, 2),

@@ -44,13 +44,9 @@ from bench.engine import (
     nanogpt_generate,
     scheduler_for,
 )
-from bench.train import matmul_peak, reference_step
+from bench.train import Loop, matmul_peak, parley_step, reference_step
 from engine.checkpoint import Checkpoint
 from engine.models import LanguageModel, build_model, preset_config
-from engine.train.cli import train_config
-from engine.train.data import random_windows, step_generator
-from engine.train.evaluate import autocast_dtype
-from engine.train.schedule import StepRunner, make_optimizer
 
 log = logging.getLogger("bench.gpu")
 
@@ -109,65 +105,35 @@ def engine_section(
     return out
 
 
-def parley_step_for(
-    preset: str, model: LanguageModel, compile_model: bool
-) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The step ``parley train`` runs for ``preset`` (with ``--compile`` if asked)."""
-    cfg = train_config(preset)
-    module = torch.compile(model) if compile_model else model
-    runner = StepRunner(
-        module,
-        model,
-        make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2),
-        amp_dtype=autocast_dtype(model.device, cfg.precision),
-        grad_clip=cfg.grad_clip,
-        compile_loss=cfg.compile_loss,
-    )
-    return lambda x, y: runner([(x, y)], cfg.lr).item()
-
-
 def train_section(
     preset: str, batch: int, seconds: float, peak: float, device: torch.device
 ) -> dict[str, Any]:
-    vocab_size = 8192
+    """bench/train.py's loops, on ``device``, alternating in rounds over random tokens."""
+    vocab_size, threads = 8192, torch.get_num_threads()
     makers: dict[str, Callable[[LanguageModel], Callable[[torch.Tensor, torch.Tensor], None]]] = {
         "reference": reference_step,
-        "parley": lambda m: parley_step_for(preset, m, False),
-        "parley_compiled": lambda m: parley_step_for(preset, m, True),
+        "parley": lambda m: parley_step(m, preset),
+        "parley_compiled": lambda m: parley_step(m, preset, compile_model=True),
     }
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randint(0, vocab_size, (2_000_000,), generator=gen)
-    steps: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], None], LanguageModel]] = {}
+    data = torch.randint(0, vocab_size, (2_000_000,), generator=torch.Generator().manual_seed(0))
+    loops: dict[str, Loop] = {}
     out: dict[str, Any] = {"batch": batch}
     for name, make in makers.items():
         torch.manual_seed(0)
         model = build_model(preset_config(preset, vocab_size)).to(device).train()
-        step = make(model)
-        started = time.perf_counter()
-        for i in range(3):  # warm-up (and compile)
-            x, y = random_windows(data, batch, model.config.block_size, step_generator(1, i))
-            step(x.to(device), y.to(device))
-        out[f"{name}_warmup_s"] = round(time.perf_counter() - started, 1)
-        steps[name] = (step, model)
-    tokens = dict.fromkeys(steps, 0)
-    spent = dict.fromkeys(steps, 0.0)
+        loops[name] = Loop(make(model), model)
+        loops[name].warm_up(data, batch, threads, steps=3)  # compiles
+        out[f"{name}_warmup_s"] = round(loops[name].warmup_s, 1)
     rounds = 4
-    for r in range(rounds):
-        for name, (step, model) in steps.items():
-            T = model.config.block_size
-            started, i = time.perf_counter(), 0
-            while time.perf_counter() - started < seconds / rounds:
-                x, y = random_windows(data, batch, T, step_generator(2 + r, i))
-                step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                tokens[name] += x.numel()
-                i += 1
-            spent[name] += time.perf_counter() - started
-    flops = steps["parley"][1].flops_per_token()
-    out["params"] = steps["parley"][1].num_params()
-    for name in steps:
-        tps = tokens[name] / spent[name]
+    for _ in range(rounds):
+        for loop in loops.values():
+            loop.run_for(seconds / rounds, data, batch, threads)
+    parley = loops["parley"].model
+    out["params"] = parley.num_params()
+    for name, loop in loops.items():
+        tps = loop.tokens / loop.time_s
         out[f"{name}_tokens_per_s"] = round(tps)
-        out[f"{name}_mfu"] = round(tps * flops / peak, 3)
+        out[f"{name}_mfu"] = round(tps * parley.flops_per_token() / peak, 3)
     out["throughput_ratio"] = round(out["parley_tokens_per_s"] / out["reference_tokens_per_s"], 2)
     out["compiled_throughput_ratio"] = round(
         out["parley_compiled_tokens_per_s"] / out["reference_tokens_per_s"], 2

@@ -103,11 +103,14 @@ def reference_step(model: LanguageModel) -> Callable[[torch.Tensor, torch.Tensor
     return step
 
 
-def parley_step(model: LanguageModel) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The step ``parley train`` runs: the trainer's own StepRunner with its defaults."""
-    cfg = train_config("default")
+def parley_step(
+    model: LanguageModel, preset: str = "default", compile_model: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The step ``parley train`` runs for ``preset``: the trainer's own StepRunner with its
+    defaults (the model through ``torch.compile`` as well, as ``--compile`` does)."""
+    cfg = train_config(preset)
     runner = StepRunner(
-        model,
+        torch.compile(model) if compile_model else model,
         model,
         make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2),
         amp_dtype=autocast_dtype(model.device, cfg.precision),
@@ -129,15 +132,22 @@ class Loop:
     steps: int = 0
     warmup_s: float = 0.0
 
+    def warm_up(self, tokens: torch.Tensor, batch: int, threads: int, steps: int = 2) -> None:
+        """Run ``steps`` steps (compilation, kernel selection) that the figures leave out."""
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.run_for(0.0, tokens, batch, threads)
+        self.warmup_s, self.tokens, self.time_s = time.perf_counter() - started, 0, 0.0
+
     def run_for(self, seconds: float, tokens: torch.Tensor, batch: int, threads: int) -> None:
-        T = self.model.config.block_size
+        T, device = self.model.config.block_size, self.model.device
         started = time.perf_counter()
         while True:  # at least one step
             x, y = random_windows(tokens, batch, T, step_generator(1, self.steps))
             n = self.tuner.threads_for(self.steps) if self.tuner else threads
             torch.set_num_threads(n)
             t0 = time.perf_counter()
-            self.step(x, y)
+            self.step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             if self.tuner:
                 self.tuner.record(self.steps, n, time.perf_counter() - t0)
             self.tokens += x.numel()
@@ -169,10 +179,7 @@ def measure_throughput(
         model = build_model(preset_config(preset, vocab_size)).train()
         tuner = ThreadTuner(machine_threads, every=60) if name == "parley" else None
         loop = Loop(make(model), model, tuner)
-        started = time.perf_counter()
-        loop.run_for(0.0, tokens, batch, threads)  # one step: warm-up, compiles the loss
-        loop.run_for(0.0, tokens, batch, threads)
-        loop.warmup_s, loop.tokens, loop.time_s = time.perf_counter() - started, 0, 0.0
+        loop.warm_up(tokens, batch, threads)  # compiles the loss
         loops[name] = loop
     for _ in range(rounds):
         for loop in loops.values():

@@ -36,11 +36,11 @@ TRAIN_LOCK = f"{PREFIX}:train:lock"
 """String with TTL: held while a retraining run started from the dashboard is going."""
 
 FIELD = "m"
-"""The field of a stream entry that holds one encoded wire message."""
+"""The one field of a request-stream or log-stream entry: the encoded wire message."""
 
 EVENTS_FIELD = "e"
-"""The field of a reply-stream entry that holds several reply events (:func:`bot.wire.
-encode_events`): an engine writes one such entry per adapter per batch, not one per delta."""
+"""The one field of a reply-stream entry: its reply events (:func:`bot.wire.encode_events`),
+all that one engine batch has for that adapter — one entry per batch, not one per delta."""
 
 
 def shard_for(conversation: str, shards: int) -> int:

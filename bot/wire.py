@@ -143,7 +143,6 @@ _M = TypeVar("_M", bound=_Message)
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
-_event_decoder: msgspec.msgpack.Decoder[ReplyEvent] = msgspec.msgpack.Decoder(ReplyEvent)
 _events_decoder: msgspec.msgpack.Decoder[list[ReplyEvent]] = msgspec.msgpack.Decoder(
     list[ReplyEvent]
 )
@@ -179,14 +178,8 @@ def decode_request(data: bytes) -> Request:
     return _decode(_request_decoder, data)
 
 
-def decode_event(data: bytes) -> ReplyEvent:
-    """Decode a reply-stream entry, or raise :class:`WireError`."""
-    return _decode(_event_decoder, data)
-
-
 def decode_events(data: bytes) -> list[ReplyEvent]:
-    """Decode a reply-stream entry of several events (:func:`encode_events`), or raise
-    :class:`WireError`."""
+    """Decode a reply-stream entry (:func:`encode_events`), or raise :class:`WireError`."""
     try:
         events = _events_decoder.decode(data)
     except msgspec.DecodeError as e:

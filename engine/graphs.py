@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import gc
 import logging
 import time
@@ -61,17 +60,6 @@ class SlotModel(Protocol):
         self, slots: Any, tokens: Tensor, positions: Tensor, window: int | None = None
     ) -> Tensor: ...
     def prefill_rows(self, slots: Any, tokens: Tensor, lengths: list[int]) -> Tensor: ...
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN then does."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def serving_copy(model: LanguageModel, dtype: torch.dtype | None) -> SlotModel:

@@ -19,7 +19,8 @@ from bot.queue import RequestConsumer, ShardLeases, cancel_and_wait
 from bot.registry import ModelRegistry
 from bot.settings import EngineSettings, Settings
 from engine.checkpoint import Checkpoint, load_checkpoint
-from engine.graphs import cpu_has_native_bf16, fastest_decode_dtype
+from engine.graphs import fastest_decode_dtype
+from engine.hardware import cpu_has_native_bf16
 from engine.models import LanguageModel
 from engine.scheduler import Scheduler
 from engine.worker import EngineWorker

@@ -48,7 +48,6 @@ READ_BLOCK_MS = 2_000
 RETRY_MIN_S = 0.05
 RETRY_MAX_S = 5.0
 
-_FIELD = keys.FIELD.encode()
 _EVENTS_FIELD = keys.EVENTS_FIELD.encode()
 
 # KEYS[1]: a request stream. ARGV[1]: its bound, ARGV[2]: the entry field, ARGV[3..]: payloads.
@@ -334,10 +333,7 @@ class ParleyClient:
     def _route(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         """Put the events of one reply-stream entry into their requests' mailboxes."""
         try:
-            if _EVENTS_FIELD in fields:
-                events = wire.decode_events(fields[_EVENTS_FIELD])
-            else:
-                events = [wire.decode_event(fields.get(_FIELD, b""))]
+            events = wire.decode_events(fields.get(_EVENTS_FIELD, b""))
         except WireError as e:
             log.warning("dropping reply entry %r on %s: %s", entry_id, self.reply_key, e)
             return

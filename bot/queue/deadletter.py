@@ -92,6 +92,9 @@ def _answer_with_error(pipe: Pipeline, settings: RedisSettings, raw: bytes) -> N
         request_id=request.id, seq=FINAL_ERROR_SEQ, code="internal", message=INTERNAL_MESSAGE
     )
     pipe.xadd(
-        stream, {keys.FIELD: wire.encode(event)}, maxlen=settings.reply_stream_len, approximate=True
+        stream,
+        {keys.EVENTS_FIELD: wire.encode_events([event])},
+        maxlen=settings.reply_stream_len,
+        approximate=True,
     )
     pipe.expire(stream, settings.reply_stream_ttl_s)

@@ -80,11 +80,7 @@ class ReplyWriter:
         for stream, batch in events.items():
             # One entry per adapter per batch: an engine streaming to 64 conversations
             # appends one entry a step, not 64.
-            fields = (
-                {keys.FIELD: wire.encode(batch[0])}
-                if len(batch) == 1
-                else {keys.EVENTS_FIELD: wire.encode_events(batch)}
-            )
+            fields = {keys.EVENTS_FIELD: wire.encode_events(batch)}
             pipe.xadd(stream, fields, maxlen=reply_len, approximate=True)  # type: ignore[arg-type]
         expiring = self._due_for_expiry(set(events))
         for stream in expiring:

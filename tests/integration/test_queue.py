@@ -155,11 +155,9 @@ async def test_garbage_on_the_reply_stream_does_not_stop_the_client(
     parley_client: ParleyClient,
     make_chat: MakeChat,
 ) -> None:
-    await redis.xadd(keys.reply_stream("test"), {keys.FIELD: b"\xc1"})
-    await redis.xadd(
-        keys.reply_stream("test"),
-        {keys.FIELD: wire.encode(Done(request_id="from-before-a-restart", seq=0, text="old"))},
-    )
+    await redis.xadd(keys.reply_stream("test"), {keys.EVENTS_FIELD: b"\xc1"})
+    old = Done(request_id="from-before-a-restart", seq=0, text="old")
+    await redis.xadd(keys.reply_stream("test"), {keys.EVENTS_FIELD: wire.encode_events([old])})
     events = await collect(parley_client, make_chat("after garbage"))
     assert isinstance(events[-1], Done)
     assert parley_client.healthy
@@ -193,15 +191,8 @@ async def test_request_of_a_dead_consumer_is_reclaimed_once(
         assert len(engine.served) == 1  # acked: not claimed again
     finals = [e for e in events if wire.is_final(e)]
     assert len(finals) == 1 and isinstance(finals[0], Done)
-    stored = [
-        event
-        for _, fields in await redis.xrange(keys.reply_stream("test"))
-        for event in (
-            wire.decode_events(fields[b"e"])
-            if b"e" in fields
-            else [wire.decode_event(fields[b"m"])]
-        )
-    ]
+    entries = await redis.xrange(keys.reply_stream("test"))
+    stored = [event for _, fields in entries for event in wire.decode_events(fields[b"e"])]
     assert sum(wire.is_final(event) for event in stored) == 1
 
 

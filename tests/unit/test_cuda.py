@@ -15,7 +15,8 @@ import torch
 
 from bot.settings import EngineSettings, SamplingSettings
 from engine.checkpoint import load_checkpoint
-from engine.graphs import DecodeBatch, cpu_has_native_bf16, fastest_decode_dtype, serving_copy
+from engine.graphs import DecodeBatch, fastest_decode_dtype, serving_copy
+from engine.hardware import cpu_has_native_bf16
 from engine.models.config import PRESETS
 from engine.scheduler import Scheduler
 from engine.service import choose_decode_dtype, load_for_serving, weights_dtype

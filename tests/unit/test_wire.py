@@ -67,13 +67,12 @@ def test_requests_round_trip(request_: wire.Request) -> None:
     assert wire.decode_request(wire.encode(request_)) == request_
 
 
-@pytest.mark.parametrize("event", [DELTA, DONE, ERROR])
-def test_events_round_trip(event: wire.ReplyEvent) -> None:
-    assert wire.decode_event(wire.encode(event)) == event
+@pytest.mark.parametrize("events", [[DELTA], [DONE], [ERROR], [DELTA, DONE, ERROR], []])
+def test_events_round_trip_as_one_entry(events: list[wire.ReplyEvent]) -> None:
+    assert wire.decode_events(wire.encode_events(events)) == events
 
 
-def test_several_events_round_trip_as_one_entry() -> None:
-    assert wire.decode_events(wire.encode_events([DELTA, DONE, ERROR])) == [DELTA, DONE, ERROR]
+def test_a_reply_entry_must_be_an_array_of_events() -> None:
     with pytest.raises(WireError):
         wire.decode_events(wire.encode(DELTA))  # one event is not an array of them
     with pytest.raises(WireError):
@@ -110,7 +109,9 @@ def test_malformed_bytes_are_a_wire_error(data: bytes) -> None:
     with pytest.raises(WireError):
         wire.decode_request(data)
     with pytest.raises(WireError):
-        wire.decode_event(data)
+        wire.decode_events(data)
+    with pytest.raises(WireError):  # the same inside a reply entry's array
+        wire.decode_events(b"\x91" + data)  # 0x91: an array of one
 
 
 def test_unknown_tag_is_a_wire_error() -> None:
@@ -118,14 +119,14 @@ def test_unknown_tag_is_a_wire_error() -> None:
     with pytest.raises(WireError):
         wire.decode_request(data)
     with pytest.raises(WireError):
-        wire.decode_event(data)
+        wire.decode_events(b"\x91" + data)
 
 
 def test_message_of_the_wrong_kind_is_a_wire_error() -> None:
     with pytest.raises(WireError):
         wire.decode_request(wire.encode(DONE))  # an event on a request stream
     with pytest.raises(WireError):
-        wire.decode_event(wire.encode(CHAT))
+        wire.decode_events(b"\x91" + wire.encode(CHAT))  # a request on a reply stream
     with pytest.raises(WireError):
         wire.decode_exchange(wire.encode(CHAT))
 
@@ -137,7 +138,7 @@ def test_newer_version_is_a_wire_error(message: msgspec.Struct) -> None:
         ChatRequest: wire.decode_request,
         ControlRequest: wire.decode_request,
         Exchange: wire.decode_exchange,
-    }.get(type(message), wire.decode_event)
+    }.get(type(message), lambda data: wire.decode_events(b"\x91" + data))
     with pytest.raises(WireError, match="newer"):
         decode(wire.encode(newer))  # type: ignore[arg-type]
 
@@ -145,7 +146,7 @@ def test_newer_version_is_a_wire_error(message: msgspec.Struct) -> None:
 def test_unknown_extra_fields_from_a_compatible_sender_are_ignored() -> None:
     raw = msgspec.msgpack.decode(wire.encode(DELTA))
     raw["future_field"] = "x"
-    assert wire.decode_event(msgspec.msgpack.encode(raw)) == DELTA
+    assert wire.decode_events(msgspec.msgpack.encode([raw])) == [DELTA]
 
 
 def test_messages_are_frozen() -> None:
