@@ -30,6 +30,8 @@ from bot.errors import ModelError
 log = logging.getLogger(__name__)
 
 LIVE_FILE = "LIVE"
+LOSS_KEYS = ("val_loss", "validation_loss", "eval_loss", "loss")
+"""Where a version's ``metrics.json`` may keep its validation loss, most specific first."""
 _VERSION_RE = re.compile(r"^v(\d+)$")
 
 
@@ -40,6 +42,15 @@ class ModelVersion:
     created: float
     metrics: dict[str, Any] = field(default_factory=dict)
     loss_plot: Path | None = None
+
+    @property
+    def validation_loss(self) -> float | None:
+        """The validation loss the trainer recorded in ``metrics.json``, if any."""
+        for key in LOSS_KEYS:
+            value = self.metrics.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+        return None
 
     @property
     def number(self) -> int:

@@ -19,7 +19,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +29,15 @@ from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from adapters.web.chat import STATIC_DIR, ApiError, api_errors, decode_json, read_body
-from adapters.web.ops import Heartbeat, read_heartbeats
 from bot import keys
+from bot.commands import RetrainCallback, RollbackCallback
+from bot.engines import Heartbeat, read_heartbeats
 from bot.errors import ParleyError, QueueError
 from bot.redis import Redis
 from bot.registry import ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
 
-RetrainCallback = Callable[[], Awaitable[str]]
-"""Starts a training run; returns a message for the admin (e.g. "training run 7 queued")."""
-RollbackCallback = Callable[[str | None], Awaitable[str]]
-"""Makes a version live (``None``: the one before the live one); returns a message."""
-
-LOSS_KEYS = ("val_loss", "validation_loss", "eval_loss", "loss")
-"""Where a version's ``metrics.json`` may keep its validation loss, most specific first."""
 
 DISABLED_MESSAGE = (
     "The admin dashboard is disabled: no admin token is configured. "
@@ -65,20 +59,12 @@ def check_token(request: web.Request, token: SecretStr | None) -> None:
         raise ApiError(401, "Wrong or missing admin token.", code="invalid_admin_token")
 
 
-def validation_loss(metrics: dict[str, Any]) -> float | None:
-    for key in LOSS_KEYS:
-        value = metrics.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
 def version_info(v: ModelVersion, live: str | None) -> dict[str, Any]:
     return {
         "version": v.version,
         "created": v.created,
         "live": v.version == live,
-        "val_loss": validation_loss(v.metrics),
+        "val_loss": v.validation_loss,
         "metrics": v.metrics,
         "has_loss_plot": v.loss_plot is not None,
     }

@@ -25,10 +25,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from adapters.metrics import AdapterMetrics, adapter_metrics
-from adapters.web.admin import AdminRoutes, RetrainCallback, RollbackCallback
+from adapters.web.admin import AdminRoutes
 from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, Replies, error_response
 from adapters.web.openai_api import OpenAIRoutes
 from adapters.web.ops import OpsRoutes
+from bot.commands import RetrainCallback, RollbackCallback
 from bot.queue import ParleyClient
 from bot.redis import Redis
 from bot.registry import ModelRegistry

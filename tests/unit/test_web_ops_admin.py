@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
-from adapters.web.admin import TokenRates, check_token, engine_summary, validation_loss
+from adapters.web.admin import TokenRates, check_token, engine_summary
 from adapters.web.chat import ApiError
-from adapters.web.ops import Heartbeat, readiness
+from adapters.web.ops import readiness
+from bot.engines import Heartbeat
+from bot.registry import ModelVersion
 
 NOW = 1_000_000.0
 
@@ -43,6 +47,10 @@ def test_summary_counts_only_live_engines() -> None:
         "cache_hit_rate": 0.5,
     }
     assert engine_summary([beat("a")], NOW)["cache_hit_rate"] is None
+
+
+def validation_loss(metrics: dict[str, object]) -> float | None:
+    return ModelVersion("v1", Path("v1"), 0.0, metrics=metrics).validation_loss
 
 
 def test_validation_loss_is_found_under_common_names() -> None:
