@@ -25,8 +25,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from adapters.metrics import AdapterMetrics, adapter_metrics
+from adapters.replies import Replies
 from adapters.web.admin import AdminRoutes
-from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, Replies, error_response
+from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, error_response
 from adapters.web.openai_api import OpenAIRoutes
 from adapters.web.ops import OpsRoutes
 from bot.commands import RetrainCallback, RollbackCallback

@@ -12,9 +12,7 @@ JSON error with a 4xx/5xx status instead, so the page can show it without parsin
 The browser picks its conversation id; the conversation key is ``web:<id>:<id>`` (the chat and
 the user are both the browser's conversation).
 
-:class:`Replies` is the one path from a request to its reply events for every web endpoint
-(this page and the OpenAI API): it never raises for a failed reply but yields a final
-:class:`~bot.wire.Error`, and it records the outcome in the adapter metrics.
+Replies come through :class:`adapters.replies.Replies`, the path every adapter shares.
 """
 
 from __future__ import annotations
@@ -22,30 +20,27 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 from aiohttp import web
 
-from adapters.metrics import AdapterMetrics
-from bot.errors import ParleyError, QueueFull
+from adapters.replies import Replies, new_request_id, now_ms
 from bot.wire import (
     ChatRequest,
     ControlRequest,
     Delta,
     Done,
     Error,
-    ErrorCode,
     ReplyEvent,
-    Request,
 )
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 STATIC_DIR = Path(__file__).parent / "static"
 RESET_TIMEOUT_S = 10.0
@@ -61,110 +56,6 @@ ERROR_STATUS: dict[str, int] = {
 RETRY_AFTER_S = "2"
 MAX_BODY_BYTES = 1 << 20
 """Bodies over 1 MB are refused with 413 (the app's ``client_max_size`` too)."""
-
-_T = TypeVar("_T")
-
-
-class ReplyClient(Protocol):
-    """What the web adapter needs of :class:`bot.queue.ParleyClient`."""
-
-    def stream(self, request: Request, *, timeout_s: float) -> AsyncIterator[ReplyEvent]: ...
-
-
-@asynccontextmanager
-async def closing_iter(iterator: AsyncIterator[_T]) -> AsyncIterator[AsyncIterator[_T]]:
-    """Like :func:`contextlib.aclosing` for any async iterator: closes it if it can be closed."""
-    try:
-        yield iterator
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-class Replies:
-    """Requests in, reply events out: errors become a final ``Error`` event, outcomes metrics."""
-
-    def __init__(
-        self, client: ReplyClient, *, adapter_id: str, timeout_s: float, metrics: AdapterMetrics
-    ) -> None:
-        self.client = client
-        self.adapter_id = adapter_id
-        self.timeout_s = timeout_s
-        self._metrics = metrics
-
-    async def events(
-        self, request: Request, *, timeout_s: float | None = None
-    ) -> AsyncGenerator[ReplyEvent, None]:
-        """The request's ``Delta`` events, then exactly one ``Done`` or ``Error``."""
-        start = time.perf_counter()
-        seq = 0
-        final: Done | Error | None = None
-        outcome = ""
-        try:
-            stream = self.client.stream(request, timeout_s=timeout_s or self.timeout_s)
-            async with closing_iter(stream) as events:
-                async for event in events:
-                    seq = event.seq
-                    if not isinstance(event, Delta):
-                        final = event
-                        break
-                    yield event
-        except QueueFull:
-            final = self._error(request, seq, "busy", BUSY_MESSAGE)
-        except TimeoutError:
-            final, outcome = self._error(request, seq, "unavailable", TIMEOUT_MESSAGE), "timeout"
-        except ParleyError as e:
-            log.warning("request %s failed in the queue: %s", request.id, e)
-            final = self._error(request, seq, "unavailable", UNAVAILABLE_MESSAGE)
-        if final is None:
-            log.warning("request %s: the reply stream ended without a final event", request.id)
-            final = self._error(request, seq, "unavailable", UNAVAILABLE_MESSAGE)
-        self._record(request, final, outcome, time.perf_counter() - start)
-        yield final
-
-    def _record(self, request: Request, final: Done | Error, outcome: str, took_s: float) -> None:
-        """Count the outcome and log the one line per request."""
-        outcome = outcome or ("done" if isinstance(final, Done) else final.code)
-        self._metrics.replies.labels(self.adapter_id, outcome).inc()
-        if isinstance(final, Done):
-            log.info(
-                "request %s on %s: done in %.0f ms (queue %.0f ms, first token %.0f ms), "
-                "%d prompt + %d completion tokens, model %s",
-                request.id,
-                request.conversation,
-                took_s * 1000,
-                final.queue_ms,
-                final.ttft_ms,
-                final.prompt_tokens,
-                final.completion_tokens,
-                final.model_version or "?",
-            )
-        else:
-            log.info(
-                "request %s on %s: %s after %.0f ms",
-                request.id,
-                request.conversation,
-                outcome,
-                took_s * 1000,
-            )
-
-    @staticmethod
-    def _error(request: Request, seq: int, code: ErrorCode, message: str) -> Error:
-        return Error(request_id=request.id, seq=seq + 1, code=code, message=message)
-
-
-BUSY_MESSAGE = "The bot is busy right now. Please try again in a moment."
-TIMEOUT_MESSAGE = "The bot took too long to answer. Please try again."
-UNAVAILABLE_MESSAGE = "The bot is not available right now. Please try again later."
 
 
 def error_status(event: Error) -> int:

@@ -30,16 +30,13 @@ import msgspec
 from aiohttp import web
 from pydantic import SecretStr
 
+from adapters.replies import Replies, closing_iter, new_request_id, now_ms
 from adapters.web.chat import (
     ApiError,
-    Replies,
     api_errors,
-    closing_iter,
     decode_json,
     error_body,
     error_status,
-    new_request_id,
-    now_ms,
     open_sse,
     read_body,
 )

@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from adapters.metrics import adapter_metrics
-from adapters.web.chat import Replies, conversation_key, error_response, event_frame, sse
+from adapters.replies import Replies
+from adapters.web.chat import conversation_key, error_response, event_frame, sse
 from bot.errors import QueueError, QueueFull
 from bot.wire import ChatRequest, Delta, Done, Error, ReplyEvent, Request
 
