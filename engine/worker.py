@@ -24,17 +24,16 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot import keys, wire
-from bot.errors import WireError
+from bot import keys
 from bot.queue import Delivery, Outgoing, RequestConsumer, cancel_and_wait
 from bot.settings import Settings
+from bot.store import ConversationStore
 from bot.wire import ChatRequest, Delta, Done, Error, Exchange, ReplyEvent, Turn
 from engine.scheduler import Scheduler
 from engine.work import Applied, Control, Failed, Finished, Output, Progress, Spill, Work
 
 log = logging.getLogger(__name__)
 
-HISTORY_MAX_TURNS = 200
 BUSY_MESSAGE = "Parley is busy right now — please try again in a moment."
 
 
@@ -54,6 +53,7 @@ class EngineWorker:
         self._consumer = consumer
         self._scheduler = scheduler
         self._worker_id = worker_id
+        self._store = ConversationStore(redis, ttl_s=settings.engine.state_ttl_s)
         self._outputs: asyncio.Queue[list[Output]] = asyncio.Queue()
         self._seq: dict[str, int] = {}
         self._in_flight: dict[str, str] = {}  # conversation -> request id
@@ -138,19 +138,14 @@ class EngineWorker:
     async def _prepare(
         self, deliveries: Sequence[Delivery]
     ) -> dict[str, tuple[tuple[Turn, ...], bytes | None]]:
-        pipe = self._redis.pipeline(transaction=False)
-        for d in deliveries:
-            assert isinstance(d.request, ChatRequest)
-            pipe.lrange(keys.history(d.request.conversation), 0, -1)
-            pipe.get(keys.state(d.request.conversation))
-        results = await pipe.execute() if deliveries else []
+        stored = await self._store.load([d.request.conversation for d in deliveries])
         prepared: dict[str, tuple[tuple[Turn, ...], bytes | None]] = {}
-        for i, d in enumerate(deliveries):
+        for d in deliveries:
             req = d.request
             assert isinstance(req, ChatRequest)
-            stored, spilled = results[2 * i], results[2 * i + 1]
-            history = req.history if req.history is not None else _decode_history(stored)
-            prepared[req.id] = (history, spilled)
+            conv = stored[req.conversation]
+            history = req.history if req.history is not None else conv.history
+            prepared[req.id] = (history, conv.spilled)
         return prepared
 
     # -- writing -----------------------------------------------------------------------
@@ -194,44 +189,32 @@ class EngineWorker:
                 spills.append(out)
         # One transaction: a reply is acknowledged together with its history turns, so a
         # crash never leaves a stored exchange whose request is answered again.
-        stored = functools.partial(self._store, histories, spills) if histories or spills else None
+        stored = (
+            functools.partial(self._queue_store, histories, spills) if histories or spills else None
+        )
         await self._consumer.write(items, also=stored)
         for d in finished:
             await self._release(d)
 
-    def _store(
+    def _queue_store(
         self,
         histories: Sequence[tuple[str, str, Turn, Turn]],
         spills: Sequence[Spill],
         pipe: Pipeline,
     ) -> None:
         """Queue the history turns of finished replies and the spilled states into ``pipe``."""
-        ttl_s = self._settings.engine.state_ttl_s
         for conv, user, user_turn, bot_turn in histories:
-            if user:
-                pipe.sadd(keys.user_conversations(user), conv)
-                pipe.expire(keys.user_conversations(user), ttl_s)
-            key = keys.history(conv)
-            pipe.rpush(key, wire.encode_turn(user_turn), wire.encode_turn(bot_turn))
-            pipe.ltrim(key, -HISTORY_MAX_TURNS, -1)
-            pipe.expire(key, ttl_s)
+            self._store.append_exchange(pipe, conv, user, user_turn, bot_turn)
         for spill in spills:
-            pipe.set(keys.state(spill.conversation), spill.data, ex=ttl_s)
+            self._store.spill(pipe, spill.conversation, spill.data)
 
     async def _apply_control(self, control: Control) -> None:
-        """Delete what Redis holds for a reset conversation, or for a forgotten user."""
+        """Delete what the store holds for a reset conversation, or for a forgotten user."""
         req = control.request
-        conversations = {req.conversation}
         if req.command == "forget" and req.user:
-            members = await self._redis.smembers(keys.user_conversations(req.user))
-            conversations |= {m.decode() if isinstance(m, bytes) else m for m in members}
-        pipe = self._redis.pipeline(transaction=True)
-        for conv in conversations:
-            pipe.delete(keys.history(conv), keys.state(conv))
-        if req.command == "forget" and req.user:
-            pipe.delete(keys.user_conversations(req.user))
-            pipe.sadd(keys.opted_out(), req.user)  # kept out of training from now on
-        await pipe.execute()
+            await self._store.forget(req.user, also=[req.conversation])
+        else:
+            await self._store.reset(req.conversation)
 
     async def _release(self, delivery: Delivery) -> None:
         """A request is done: let the next held one of its conversation go."""
@@ -333,13 +316,3 @@ class EngineWorker:
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
             await asyncio.sleep(self._settings.engine.heartbeat_s)
-
-
-def _decode_history(stored: Sequence[bytes] | None) -> tuple[Turn, ...]:
-    turns = []
-    for raw in stored or ():
-        try:
-            turns.append(wire.decode_turn(raw))
-        except WireError:
-            log.warning("dropping an unreadable stored turn")
-    return tuple(turns)

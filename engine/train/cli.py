@@ -30,12 +30,12 @@ from typing import Any
 import click
 import torch
 
-from bot import keys
 from bot.errors import ModelError, NotRunning, ParleyError
 from bot.redis import connect
 from bot.registry import ModelRegistry
 from bot.runtime import find_redis_url
 from bot.settings import Settings
+from bot.store import ConversationStore
 from engine.checkpoint import load_checkpoint
 from engine.models import LanguageModel, build_model, preset_config
 from engine.models.config import DEFAULT_PRESET
@@ -500,16 +500,15 @@ def opted_out_users(settings: Settings) -> list[str]:
         url = find_redis_url(settings)
     except NotRunning:
         return []
-    return sorted(asyncio.run(_read_opted_out(url)))
+    return asyncio.run(_read_opted_out(url, settings.engine.state_ttl_s))
 
 
-async def _read_opted_out(url: str) -> set[str]:
+async def _read_opted_out(url: str, ttl_s: int) -> list[str]:
     redis = await connect(url)
     try:
-        members = await redis.smembers(keys.opted_out())
+        return await ConversationStore(redis, ttl_s=ttl_s).opted_out_users()
     finally:
         await redis.aclose()
-    return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
 
 def _announce(settings: Settings, registry: ModelRegistry, version: str) -> None:
