@@ -30,6 +30,9 @@ class AdapterMetrics:
     """``parley_adapter_requests_in_flight{adapter}``"""
     replies: Counter
     """``parley_adapter_replies_total{adapter, outcome}``: done, busy, timeout, error codes."""
+    blocked: Counter
+    """``parley_adapter_replies_filtered_total{adapter, reason}``: replies the safety filter
+    changed (reason ``blocklist`` or ``classifier``)."""
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> AdapterMetrics:
@@ -58,6 +61,12 @@ class AdapterMetrics:
                 "parley_adapter_replies_total",
                 "Model replies an adapter received, by outcome.",
                 ("adapter", "outcome"),
+                registry=registry,
+            ),
+            blocked=Counter(
+                "parley_adapter_replies_filtered_total",
+                "Replies the safety filter masked or replaced, by reason.",
+                ("adapter", "reason"),
                 registry=registry,
             ),
         )

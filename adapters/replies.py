@@ -13,11 +13,14 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Protocol, TypeVar
+
+import msgspec
 
 from adapters.metrics import AdapterMetrics
 from bot.errors import ParleyError, QueueFull
+from bot.safety import SafetyFilter, StreamGuard
 from bot.wire import Delta, Done, Error, ErrorCode, ReplyEvent, Request
 
 log = logging.getLogger(__name__)
@@ -54,17 +57,61 @@ class Replies:
     """Requests in, reply events out: errors become a final ``Error`` event, outcomes metrics."""
 
     def __init__(
-        self, client: ReplyClient, *, adapter_id: str, timeout_s: float, metrics: AdapterMetrics
+        self,
+        client: ReplyClient,
+        *,
+        adapter_id: str,
+        timeout_s: float,
+        metrics: AdapterMetrics,
+        safety: SafetyFilter | None = None,
     ) -> None:
         self.client = client
         self.adapter_id = adapter_id
         self.timeout_s = timeout_s
         self._metrics = metrics
+        self._safety = safety if safety is not None and safety.active else None
 
     async def events(
         self, request: Request, *, timeout_s: float | None = None
     ) -> AsyncGenerator[ReplyEvent, None]:
-        """The request's ``Delta`` events, then exactly one ``Done`` or ``Error``."""
+        """The request's ``Delta`` events, then exactly one ``Done`` or ``Error``; with a safety
+        filter, only text it lets through (:mod:`bot.safety`)."""
+        if self._safety is None:
+            raw = self._events(request, timeout_s=timeout_s)
+        else:
+            raw = self._filtered(self._events(request, timeout_s=timeout_s), self._safety)
+        async with aclosing(raw) as events:
+            async for event in events:
+                yield event
+
+    async def _filtered(
+        self, events: AsyncGenerator[ReplyEvent, None], safety: SafetyFilter
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Deltas of the text the guard releases; the final text as the filter judges it."""
+        guard = StreamGuard(safety)
+        text, shown = "", ""
+        async with aclosing(events) as stream:
+            async for event in stream:
+                if isinstance(event, Delta):
+                    text += event.text
+                    visible = guard.visible(text)
+                    if len(visible) > len(shown):
+                        yield msgspec.structs.replace(event, text=visible[len(shown) :])
+                        shown = visible
+                    continue
+                if isinstance(event, Done):
+                    verdict = guard.final(event.text)
+                    if verdict.blocked:
+                        reasons = ", ".join(verdict.reasons)
+                        for reason in verdict.reasons:
+                            self._metrics.blocked.labels(self.adapter_id, reason).inc()
+                        log.info("request %s: reply filtered (%s)", event.request_id, reasons)
+                        event = msgspec.structs.replace(event, text=verdict.text)
+                yield event
+
+    async def _events(
+        self, request: Request, *, timeout_s: float | None = None
+    ) -> AsyncGenerator[ReplyEvent, None]:
         start = time.perf_counter()
         seq = 0
         final: Done | Error | None = None

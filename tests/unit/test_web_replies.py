@@ -18,6 +18,7 @@ from adapters.metrics import adapter_metrics
 from adapters.replies import Replies
 from adapters.web.chat import conversation_key, error_response, event_frame, sse
 from bot.errors import QueueError, QueueFull
+from bot.safety import SafetyFilter
 from bot.wire import ChatRequest, Delta, Done, Error, ReplyEvent, Request
 
 
@@ -144,3 +145,29 @@ def test_metrics_register_once_per_registry() -> None:
     registry = CollectorRegistry()
     assert adapter_metrics(registry) is adapter_metrics(registry)
     assert adapter_metrics(CollectorRegistry()) is not adapter_metrics(registry)
+
+
+async def test_the_safety_filter_masks_streamed_and_final_text() -> None:
+    deltas = ["You ", "darn ", "fool, ", "darn", "ed thing"]
+    full = "".join(deltas)
+    events: list[ReplyEvent] = [
+        Delta(request_id="r1", seq=i, text=text) for i, text in enumerate(deltas)
+    ]
+    events.append(Done(request_id="r1", seq=len(deltas), text=full))
+    registry = CollectorRegistry()
+    replies = Replies(
+        FakeClient(events),
+        adapter_id="web-1",
+        timeout_s=9.0,
+        metrics=adapter_metrics(registry),
+        safety=SafetyFilter(blocklist=["darn"]),
+    )
+    got = await collect(replies)
+    streamed = "".join(e.text for e in got if isinstance(e, Delta))
+    assert "darn " not in streamed and "darn," not in streamed
+    assert full.replace("darn ", "**** ").startswith(streamed)
+    assert isinstance(got[-1], Done) and got[-1].text == "You **** fool, darned thing"
+    blocked = registry.get_sample_value(
+        "parley_adapter_replies_filtered_total", {"adapter": "web-1", "reason": "blocklist"}
+    )
+    assert blocked == 1.0
