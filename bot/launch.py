@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from bot import model_admin
+from bot import model_admin, systemd
 from bot.embedded import EmbeddedRedis
 from bot.redis import connect
 from bot.registry import ModelRegistry
@@ -34,12 +34,17 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
     engine_service = importlib.import_module("engine.service")
     web_app = importlib.import_module("adapters.web.app") if web else None
     async with contextlib.AsyncExitStack() as stack:
+        ready, notifier = asyncio.Event(), systemd.Notifier.from_environment()
+        if web_app is None:
+            running = systemd.supervised(ready, stop, name="parley run", notifier=notifier)
+            await stack.enter_async_context(running)
+        else:  # the web adapter sends READY (once it serves) and STOPPING itself
+            await stack.enter_async_context(systemd.watchdog(notifier))
         url = settings.redis.url
         if url is None:
             url = await stack.enter_async_context(EmbeddedRedis(settings.data_dir / "redis"))
         redis = await connect(url)
         stack.push_async_callback(redis.aclose)
-        ready = asyncio.Event()
         tasks = [
             asyncio.create_task(
                 engine_service.serve(settings, redis, stop, ready=ready), name="engine"

@@ -163,21 +163,32 @@ async def _follow_swaps(
 
 
 @click.command("engine")
+@click.option("--instance", type=click.IntRange(min=0), default=0, help="Index of this worker.")
+@click.option(
+    "--metrics-port-base",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve metrics on this port + --instance (instead of engine.metrics_port).",
+)
 @click.pass_obj
-def engine_command(settings: Settings) -> None:
+def engine_command(settings: Settings, instance: int, metrics_port_base: int | None) -> None:
     """Run one engine worker against the Redis at PARLEY_REDIS_URL."""
+    from bot import systemd
     from bot.cli import run_async
     from bot.redis import connect
     from bot.runtime import find_redis_url, stop_event_on_signals
 
     async def main() -> None:
-        if settings.engine.metrics_port:
-            prometheus_client.start_http_server(settings.engine.metrics_port)
-            log.info("metrics on :%d/metrics", settings.engine.metrics_port)
-        redis = await connect(find_redis_url(settings))
-        try:
-            await serve(settings, redis, stop_event_on_signals())
-        finally:
-            await redis.aclose()
+        port = systemd.instance_port(metrics_port_base, instance, settings.engine.metrics_port)
+        stop, ready = stop_event_on_signals(), asyncio.Event()
+        async with systemd.supervised(ready, stop, name="engine worker"):
+            if port:
+                prometheus_client.start_http_server(port)
+                log.info("metrics on :%d/metrics", port)
+            redis = await connect(find_redis_url(settings))
+            try:
+                await serve(settings, redis, stop, ready=ready)
+            finally:
+                await redis.aclose()
 
     run_async(main())

@@ -30,10 +30,12 @@ from adapters.web.admin import AdminRoutes
 from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, error_response
 from adapters.web.openai_api import OpenAIRoutes
 from adapters.web.ops import OpsRoutes
+from bot import systemd
 from bot.commands import RetrainCallback, RollbackCallback
 from bot.queue import ParleyClient
 from bot.redis import Redis
 from bot.registry import ModelRegistry
+from bot.safety import SafetyFilter
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,11 @@ def create_app(
 
     app.cleanup_ctx.append(client_lifecycle)
     replies = Replies(
-        client, adapter_id=adapter_id, timeout_s=settings.web.reply_timeout_s, metrics=metrics
+        client,
+        adapter_id=adapter_id,
+        timeout_s=settings.web.reply_timeout_s,
+        metrics=metrics,
+        safety=SafetyFilter.from_settings(settings.safety),
     )
 
     async def live_version() -> str | None:
@@ -181,10 +187,15 @@ async def run_web(
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.web.host, settings.web.port)
-        await site.start()
-        log.info("web adapter serving on %s", ", ".join(map(str, runner.addresses)))
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    # Under systemd (Type=notify): READY once the port is bound, STOPPING when cancelled.
+    async with systemd.watchdog(systemd.Notifier.from_environment()) as notifier:
+        try:
+            site = web.TCPSite(runner, settings.web.host, settings.web.port)
+            await site.start()
+            serving = ", ".join(map(str, runner.addresses))
+            log.info("web adapter serving on %s", serving)
+            notifier.ready(f"web adapter: serving on {serving}")
+            await asyncio.Event().wait()
+        finally:
+            notifier.stopping("web adapter: stopping")
+            await runner.cleanup()
