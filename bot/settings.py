@@ -57,6 +57,57 @@ class SamplingSettings(_Section):
     max_new_tokens_limit: int = Field(1000, ge=1)
 
 
+class DiscordSettings(_Section):
+    """The Discord adapter (``[discord]``); the token comes from ``PARLEY_DISCORD__TOKEN``."""
+
+    token: SecretStr | None = None
+    """The bot token. Environment only; ``parley run`` starts Discord when it is set."""
+    api_base: str = "https://discord.com/api/v10"
+    """REST base with its version path, as discord.py builds its URLs from it."""
+    gateway_url: str = "wss://gateway.discord.gg/"
+    """Where the first gateway connection goes; resumes use the URL the gateway names."""
+    adapter_id: str | None = None
+    """Defaults to ``discord-<host>-<pid>``."""
+    guild_ids: list[int] = []
+    """Slash commands are synced to these guilds (instant); empty: globally (up to an hour)."""
+    admin_ids: list[int] = []
+    """Users who may run the admin commands."""
+    admin_role_ids: list[int] = []
+    """Members holding one of these roles may run the admin commands."""
+    answer_channels: list[int] = []
+    """Channels where the bot answers every message, mentioned or not."""
+    random_reply_probability: float = Field(0.0, ge=0.0, le=1.0)
+    """Chance of answering any other server message that does not address the bot."""
+    allow_dms: bool = True
+    context: Literal["channel-user", "channel", "reply-chain"] = "channel-user"
+    """What one conversation is: a user in a channel, a whole channel, or a reply chain."""
+    rate_limit: str = "5/minute"
+    """Messages per user (``"5/minute"``, ``"20 per hour"``); one notice per blocked spell."""
+    message_content: bool = True
+    """Ask for the privileged message-content intent; without it (or if Discord refuses it)
+    the bot still answers mentions, DMs, replies to it and slash commands."""
+    max_message_chars: int = Field(2000, ge=1)
+    """Longer user messages get a short refusal instead of an answer."""
+    reply_timeout_s: float = Field(120.0, gt=0)
+    edit_interval_s: float = Field(1.0, ge=0.2)
+    """Least time between two edits of a streaming reply."""
+    guild_ready_timeout_s: float = Field(2.0, gt=0)
+    """At start-up, how long to wait for more guilds before the bot counts as ready."""
+    metrics_port: int = Field(0, ge=0, le=65535)
+    """``parley adapter discord`` serves Prometheus metrics on this port (0 = off)."""
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate(cls, v: str) -> str:
+        import limits
+
+        try:
+            limits.parse(v)
+        except ValueError:
+            raise ValueError("expected a rate like '5/minute' or '20 per hour'") from None
+        return v
+
+
 class EngineSettings(_Section):
     worker_id: str | None = None
     """Defaults to ``hostname-pid``."""
@@ -121,6 +172,7 @@ class Settings(BaseSettings):
     sampling: SamplingSettings = SamplingSettings()
     engine: EngineSettings = EngineSettings()
     web: WebSettings = WebSettings()
+    discord: DiscordSettings = DiscordSettings()
     train: TrainSettings = TrainSettings()
 
     @field_validator("log_level")
