@@ -29,11 +29,26 @@ STATS = f"{PREFIX}:stats"
 """Hash of engine counters shown on the dashboard."""
 
 TRAIN_PROGRESS = f"{PREFIX}:train:progress"
-"""String: JSON progress report of the running (or last) training run, written by the trainer
-and shown on the admin dashboard (e.g. ``{"status", "step", "steps", "loss", "val_loss"}``)."""
+"""String: the latest :class:`bot.wire.JobUpdate` of the running (or last) retrain job,
+written by the trainer service and shown on the admin dashboard."""
 
 TRAIN_LOCK = f"{PREFIX}:train:lock"
-"""String with TTL: held while a retraining run started from the dashboard is going."""
+"""String with TTL (renewed while it runs): the id of the retrain job going now; one job at
+a time even if two trainer services were started."""
+
+TRAINER_GROUP = "trainers"
+"""Consumer group of trainer services on the log stream and the trainer request stream."""
+
+TRAINER_REQUESTS = f"{PREFIX}:trainer:req"
+"""Stream of :data:`bot.wire.TrainerMessage` (retrain, forget, opt-out/in, feedback) for the
+trainer service, which may run on another host than the adapters."""
+
+
+def trainer_replies(request_id: str) -> str:
+    """Stream (with TTL): the trainer's answers to one request (:class:`bot.wire.TrainerReply`,
+    :class:`bot.wire.JobUpdate`), read by whoever sent it."""
+    return f"{PREFIX}:trainer:out:{request_id}"
+
 
 FIELD = "m"
 """The one field of a request-stream or log-stream entry: the encoded wire message."""
@@ -99,3 +114,30 @@ def shard_lease(shard: int) -> str:
 
 LEASE_OWNERS = f"{PREFIX}:lease:workers"
 """Hash: worker id -> time (ms) of its last lease renewal; workers share shards among these."""
+
+
+# --- Telegram adapter (adapters/telegram) ----------------------------------------------------
+
+
+def telegram_poller(bot_id: int) -> str:
+    """String: id of the adapter polling bot ``bot_id``'s updates, with a PX expiry it keeps
+    renewing. One poller per token; other adapters of the same bot wait until it expires."""
+    return f"{PREFIX}:tg:{bot_id}:poller"
+
+
+def telegram_offset(bot_id: int) -> str:
+    """String: the next ``getUpdates`` offset of bot ``bot_id`` (last handled update_id + 1).
+    Written only after the requests of a batch are in their request streams, so a restart
+    resumes where the last poller stopped and an update is never confirmed before it is kept."""
+    return f"{PREFIX}:tg:{bot_id}:offset"
+
+
+def telegram_replied(request_id: str) -> str:
+    """String with TTL: set (NX) when the first message of the reply to a Telegram request
+    is about to be sent; a redelivered update finding it sends nothing again."""
+    return f"{PREFIX}:tg:replied:{request_id}"
+
+
+def telegram_refused(bot_id: int, chat_id: int) -> str:
+    """String with TTL: the chat outside ``telegram.allowed_chats`` was told so once."""
+    return f"{PREFIX}:tg:{bot_id}:refused:{chat_id}"

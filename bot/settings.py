@@ -155,6 +155,39 @@ class TrainSettings(_Section):
     seed: int = 1337
 
 
+class LearningSettings(_Section):
+    """The learning loop: what the trainer service archives, what it trains on, what it
+    publishes (``[learning]`` in the TOML file)."""
+
+    archive_platforms: list[str] = ["discord", "telegram", "web"]
+    """Platforms whose logged exchanges are archived (``[]``: none, the archive stays empty)."""
+    archive_chats: list[str] = []
+    """If set, only these chats are archived, each as ``platform:chat``
+    (``telegram:-1001234``); empty means every chat of ``archive_platforms``."""
+    bot_replies: Literal["never", "good"] = "good"
+    """Which of the bot's own replies training may use: ``never``, or only those marked
+    good (a 👍 and no 👎). Every human message of a consenting user is used."""
+    good_reply_weight: int = Field(1, ge=1, le=10)
+    """A conversation holding a reply marked good is written this many times into the
+    training data (1: no weighting)."""
+    corpora: list[str] = ["chitchat"]
+    """Data a retrain adds to the archive (``--data`` specs: ``chitchat`` or files), so
+    the model keeps what it knew."""
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
+    """Share of conversations held out (by a hash of their id: a fixed split)."""
+    min_improvement: float = Field(0.0, ge=0.0, lt=1.0)
+    """A retrained model is published only if its held-out bits/char are below the live
+    model's by more than this fraction (0: any improvement)."""
+    warm_start: bool = True
+    """Retrain from the live model's weights (its tokenizer kept); off: from scratch."""
+    budget_s: float = Field(600.0, gt=0)
+    """Wall-clock training budget of one retrain job."""
+    progress_interval_s: float = Field(10.0, ge=0.5)
+    """Least time between two progress reports to the admin who asked."""
+    trainer_id: str | None = None
+    """Consumer name of this trainer in the log stream's group (default: the host name)."""
+
+
 class Settings(BaseSettings):
     """The whole settings tree. Build it with :func:`load_settings`."""
 
@@ -174,6 +207,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     discord: DiscordSettings = DiscordSettings()
     train: TrainSettings = TrainSettings()
+    learning: LearningSettings = LearningSettings()
 
     @field_validator("log_level")
     @classmethod
@@ -197,6 +231,11 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def archive_file(self) -> Path:
+        """The conversation archive (SQLite) the trainer service writes."""
+        return self.data_dir / "archive.sqlite3"
 
     @property
     def runtime_file(self) -> Path:

@@ -139,6 +139,76 @@ class Exchange(_Message, frozen=True, tag="exchange"):
     created_ms: int
 
 
+# --- The trainer service (bot/trainer) -------------------------------------------------------
+
+TrainerCommand = Literal["retrain", "forget", "optout", "optin"]
+
+
+class TrainerRequest(_Message, frozen=True, tag="trainer"):
+    """A request for the trainer service: ``retrain`` (admins; the adapter checked), or a
+    consent change of ``user``: ``forget`` deletes their archived messages and log entries,
+    ``optout`` / ``optin`` decide whether their messages are archived at all. Answers go to
+    :func:`bot.keys.trainer_replies` of ``id``."""
+
+    id: str
+    command: TrainerCommand
+    platform: str = ""
+    user: str = ""
+    from_scratch: bool = False
+    """``retrain`` only: start from fresh weights instead of the live model's."""
+    created_ms: int = 0
+
+
+class Feedback(_Message, frozen=True, tag="feedback"):
+    """A user's 👍 (``1``) or 👎 (``-1``) on a bot reply, ``0`` when withdrawn; the reply is
+    named by the request id it answered (``Done.request_id``, ``Exchange.request_id``)."""
+
+    request_id: str
+    platform: str
+    user: str
+    value: Literal[-1, 0, 1]
+    created_ms: int = 0
+
+
+TrainerMessage = TrainerRequest | Feedback
+
+
+class TrainerReply(_Message, frozen=True, tag="trainer_reply"):
+    """The trainer's answer to a consent request; ``message`` says what was done."""
+
+    request_id: str
+    ok: bool
+    message: str
+
+
+JobStatus = Literal["queued", "running", "published", "kept", "failed"]
+"""``published``: the new version is live; ``kept``: it did not beat the live one."""
+
+
+class JobUpdate(_Message, frozen=True, tag="job", omit_defaults=True):
+    """Where a retrain job is: sent to everyone who asked for it and kept in
+    :data:`bot.keys.TRAIN_PROGRESS` for the dashboard. ``final`` ends the job's updates."""
+
+    job_id: str
+    status: JobStatus
+    request_id: str = ""
+    step: int = 0
+    steps: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    version: str = ""
+    live_version: str = ""
+    live_bpc: float | None = None
+    new_bpc: float | None = None
+    samples: tuple[tuple[str, str], ...] = ()
+    """(prompt, reply) pairs sampled from the new model."""
+    final: bool = False
+    time: float = 0.0
+
+
 _M = TypeVar("_M", bound=_Message)
 
 _encoder = msgspec.msgpack.Encoder()
@@ -190,6 +260,38 @@ def decode_events(data: bytes) -> list[ReplyEvent]:
 def decode_exchange(data: bytes) -> Exchange:
     """Decode a conversation-log entry, or raise :class:`WireError`."""
     return _decode(_exchange_decoder, data)
+
+
+_trainer_decoder: msgspec.msgpack.Decoder[TrainerMessage] = msgspec.msgpack.Decoder(TrainerMessage)
+_trainer_answer_decoder: msgspec.msgpack.Decoder[TrainerReply | JobUpdate] = (
+    msgspec.msgpack.Decoder(TrainerReply | JobUpdate)
+)
+_job_json_encoder = msgspec.json.Encoder()
+_job_json_decoder = msgspec.json.Decoder(JobUpdate)
+
+
+def decode_trainer_message(data: bytes) -> TrainerMessage:
+    """Decode a trainer-request-stream entry, or raise :class:`WireError`."""
+    return _decode(_trainer_decoder, data)
+
+
+def decode_trainer_answer(data: bytes) -> TrainerReply | JobUpdate:
+    """Decode an entry of a :func:`bot.keys.trainer_replies` stream, or raise WireError."""
+    return _decode(_trainer_answer_decoder, data)
+
+
+def encode_job_line(update: JobUpdate) -> bytes:
+    """A job update as one JSON line: how a retrain child process reports to its trainer."""
+    return _job_json_encoder.encode(update) + b"\n"
+
+
+def decode_job_line(line: bytes) -> JobUpdate:
+    """Decode :func:`encode_job_line`'s output, or raise :class:`WireError`."""
+    try:
+        update = _job_json_decoder.decode(line)
+    except msgspec.DecodeError as e:
+        raise WireError(f"malformed job update line: {e}") from e
+    return _supported(update)
 
 
 def is_final(event: ReplyEvent) -> bool:
