@@ -1,4 +1,4 @@
-"""The trainer: AdamW on random windows, evaluation, the best checkpoint, resumable state.
+"""The trainer: AdamW on random windows, evaluation, the best checkpoint.
 
 One optimizer step is ``grad_accum`` micro-batches of random windows (bf16 autocast where the
 hardware has fast bf16 matmuls, see :func:`engine.train.evaluate.autocast_dtype`), gradient
@@ -10,11 +10,10 @@ engine reads), no improvement for ``patience`` evaluations stops the run. The ru
 scored on the whole validation split and sampled, and that report is the checkpoint's
 ``metrics.json``.
 
-Resuming: every evaluation also writes ``out/train_state/`` (current weights and optimizer
-moments as safetensors, step, clock and history as JSON; never pickle). Started again with
-the same ``out``, the trainer continues from there. Batches and dropout masks are drawn from
-generators seeded by (seed, step, rank), so no RNG state needs saving and a resumed run draws
-what an uninterrupted one would have. The state is removed once the run has finished.
+Resuming: every evaluation also saves the run's state (:mod:`engine.train.state`); started
+again with the same ``out``, the trainer continues from there. Batches and dropout masks are
+drawn from generators seeded by (seed, step, rank), so no RNG state needs saving and a resumed
+run draws what an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -22,43 +21,42 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import math
-import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from bot.errors import ModelError
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import load_checkpoint
 from engine.models import LanguageModel
-from engine.tokenizer import Tokenizer, load_tokenizer
+from engine.tokenizer import Tokenizer
 from engine.train import ddp
 from engine.train.data import TrainData, random_windows, step_generator, step_seed
 from engine.train.evaluate import autocast_dtype, evaluate_loss, evaluate_model
 from engine.train.plot import plot_losses
 from engine.train.schedule import Schedule, StepRunner, make_optimizer
+from engine.train.state import (
+    WEIGHTS_FILE,
+    Progress,
+    find_state,
+    load_state,
+    remove_state,
+    save_checkpoint_beside_state,
+    save_state,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "train_state"
 LOSS_PLOT = "loss.png"
-_STATE_FILE = "state.json"
-_WEIGHTS_FILE = "model.safetensors"
-_OPTIMIZER_FILE = "optimizer.safetensors"
-_STATE_FORMAT = 1
 _CURVE_EVERY = 10
 """Steps averaged into one point of the train-loss curve."""
 _MIN_IMPROVEMENT = 1e-4
@@ -98,25 +96,6 @@ class TrainConfig:
     save_dtype: str = "fp32"
     """Dtype of the checkpoint's weights: fp32, or bf16/fp16 for a smaller file."""
     progress_bar: bool = True
-
-
-@dataclass
-class Progress:
-    """Everything about a run's position that is not a tensor; saved as JSON."""
-
-    step: int = 0
-    tokens: int = 0
-    elapsed_s: float = 0.0
-    step_time_s: float = 0.0
-    """Time spent in optimizer steps (tokens/s excludes evaluations)."""
-    best_val_loss: float = math.inf
-    best_step: int = 0
-    evals_since_best: int = 0
-    stopped: str = ""
-    train_curve: list[tuple[int, float]] = field(default_factory=list)
-    val_curve: list[tuple[int, float]] = field(default_factory=list)
-    pending: list[float] = field(default_factory=list)
-    """Train losses since the last curve point."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +176,8 @@ class Trainer:
         """Train until done, then evaluate and save the best model; returns its metrics."""
         state = find_state(self.out)
         if state is not None:
-            self._restore(state)
+            self.progress = load_state(state, self.model, self.optimizer, self.world.device)
+            log.info("resuming from %s at step %d", state, self.progress.step)
         self.model.train()
         started = time.perf_counter() - self.progress.elapsed_s
         bar = self._bar()
@@ -315,23 +295,24 @@ class Trainer:
         ddp.barrier(self.world)
 
     def _save_checkpoint(self, metrics: dict[str, Any]) -> None:
-        """Save the model as the checkpoint in ``out``, keeping the training state beside it."""
-        # save_checkpoint replaces the whole directory, train_state with it; park it next door.
-        state, parked = self.out / STATE_DIR, _parked_state(self.out)
-        if state.is_dir():
-            shutil.rmtree(parked, ignore_errors=True)
-            os.replace(state, parked)
-        save_checkpoint(
+        save_checkpoint_beside_state(
             self.out,
             self._model_to_save(),
             self.tokenizer,
             preset=self.preset,
             metrics=metrics,
             provenance=self.provenance,
-            overwrite=True,
         )
-        if parked.is_dir():
-            os.replace(parked, state)
+
+    def _save_state(self) -> None:
+        save_state(
+            self.out,
+            self.model,
+            self.optimizer,
+            self.tokenizer,
+            preset=self.preset,
+            progress=self.progress,
+        )
 
     def _model_to_save(self) -> nn.Module:
         dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -367,7 +348,7 @@ class Trainer:
             metrics = {**report.to_dict(), **self._run_metrics()}
             self._save_checkpoint(metrics)
             self._plot()
-            shutil.rmtree(self.out / STATE_DIR, ignore_errors=True)
+            remove_state(self.out)
             log.info(
                 "done (%s): val %.4f nats/token, %.3f bits/char, word validity %.1f%%",
                 p.stopped,
@@ -381,7 +362,7 @@ class Trainer:
     def _restore_best(self) -> None:
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-        elif (self.out / _WEIGHTS_FILE).is_file():
+        elif (self.out / WEIGHTS_FILE).is_file():
             # Resumed with no new best since: the best so far is the checkpoint on disk.
             best = load_checkpoint(self.out, device=self.world.device)
             self.model.load_state_dict(best.model.state_dict())
@@ -405,51 +386,6 @@ class Trainer:
             "train_config": dataclasses.asdict(self.cfg),
             "history": {"train": p.train_curve, "val": p.val_curve},
         }
-
-    # -------------------------------------------------------------------- training state
-
-    def _save_state(self) -> None:
-        state = {
-            "format": _STATE_FORMAT,
-            "model": self.model.config.to_dict(),
-            "preset": self.preset,
-            "progress": dataclasses.asdict(self.progress),
-            "param_groups": _param_groups_json(self.optimizer),
-        }
-        final = self.out / STATE_DIR
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{STATE_DIR}.", dir=self.out))
-        try:
-            save_model(self.model, str(tmp / _WEIGHTS_FILE))
-            save_file(_optimizer_tensors(self.optimizer), str(tmp / _OPTIMIZER_FILE))
-            self.tokenizer.save(tmp)
-            (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
-            old = self.out / f".{STATE_DIR}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    def _restore(self, path: Path) -> None:
-        state = _read_state(path)
-        if state["model"] != self.model.config.to_dict():
-            raise ModelError(
-                f"{path}: this training state is for a different model "
-                f"({state.get('preset')}); use another --out, or --overwrite to start over"
-            )
-        load_model(self.model, str(path / _WEIGHTS_FILE), device=str(self.world.device))
-        groups = state["param_groups"]
-        tensors = load_file(str(path / _OPTIMIZER_FILE), device=str(self.world.device))
-        self.optimizer.load_state_dict(_optimizer_state_dict(tensors, groups))
-        progress = state["progress"]
-        progress["train_curve"] = [tuple(x) for x in progress["train_curve"]]
-        progress["val_curve"] = [tuple(x) for x in progress["val_curve"]]
-        self.progress = Progress(**progress)
-        log.info("resuming from %s at step %d", path, self.progress.step)
 
 
 @contextlib.contextmanager
@@ -480,60 +416,3 @@ def interrupts_between_steps() -> Iterator[Callable[[], bool]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-# --------------------------------------------------------------------- state on disk
-
-
-def find_state(out: Path) -> Path | None:
-    """The training state of an unfinished run in ``out``, if there is one."""
-    for path in (Path(out) / STATE_DIR, _parked_state(Path(out))):
-        if (path / _STATE_FILE).is_file():
-            return path
-    return None
-
-
-def saved_tokenizer(out: Path) -> Tokenizer | None:
-    """The tokenizer an unfinished run in ``out`` was training with."""
-    path = find_state(out)
-    return load_tokenizer(path) if path is not None else None
-
-
-def _parked_state(out: Path) -> Path:
-    return out.parent / f".{out.name}.{STATE_DIR}"
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((path / _STATE_FILE).read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot read training state: {e}") from e
-    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-        raise ModelError(f"{path}: unsupported training state format")
-    return state
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
-    """The optimizer's per-parameter state as flat ``"<param index>.<name>"`` tensors."""
-    tensors = {}
-    for index, slots in optimizer.state_dict()["state"].items():
-        for name, value in slots.items():
-            tensors[f"{index}.{name}"] = value.detach().contiguous()
-    return tensors
-
-
-def _param_groups_json(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    groups = optimizer.state_dict()["param_groups"]
-    return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in groups]
-
-
-def _optimizer_state_dict(
-    tensors: dict[str, Tensor], groups: list[dict[str, Any]]
-) -> dict[str, Any]:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for g in groups:
-        g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": groups}

@@ -21,7 +21,7 @@ from engine.models.config import PRESETS
 from engine.scheduler import Scheduler
 from engine.service import choose_decode_dtype, load_for_serving, weights_dtype
 from engine.train import ddp
-from engine.train.cli import run_training
+from engine.train.run import run_training
 from engine.work import Finished
 from tests.unit.engine_fixtures import tiny_checkpoint
 from tests.unit.test_scheduler import make_work, replies, run_all

@@ -15,9 +15,9 @@ from bot.cli import cli
 from engine.models import ModelConfig, build_model
 from engine.models.config import PRESETS
 from engine.tokenizer import train_char_tokenizer
-from engine.train.cli import run_training
 from engine.train.data import TokenSplit, count_chars
 from engine.train.evaluate import evaluate_loss, sample_replies
+from engine.train.run import run_training
 from tests.unit.test_train_helpers import TINY, TINY_PRESET, tiny_config, tiny_options, write_corpus
 
 

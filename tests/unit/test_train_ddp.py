@@ -37,7 +37,7 @@ def _rank_main(rank: int, tmp: str, port: int) -> None:
     torch.set_num_threads(1)
     register_tiny_preset()
     from engine.train import ddp
-    from engine.train.cli import run_training
+    from engine.train.run import run_training
 
     world = ddp.init_world("cpu")
     try:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.models.config import PRESETS, ModelConfig
-from engine.train.cli import RunOptions, train_config
 from engine.train.loop import TrainConfig
+from engine.train.run import RunOptions, train_config
 
 TINY_PRESET = "test-tiny"
 TINY = ModelConfig(arch="gpt", n_embd=32, n_layer=2, n_head=2, block_size=32)

@@ -8,9 +8,9 @@ import pytest
 
 from engine.checkpoint import load_checkpoint
 from engine.models.config import PRESETS
-from engine.train.cli import run_training
 from engine.train.evaluate import sample_replies
-from engine.train.loop import STATE_DIR
+from engine.train.run import run_training
+from engine.train.state import STATE_DIR
 from tests.unit.test_train_helpers import (
     TINY,
     TINY_PRESET,

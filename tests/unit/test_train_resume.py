@@ -12,8 +12,8 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.models.config import PRESETS
-from engine.train.cli import run_training
-from engine.train.loop import find_state
+from engine.train.run import run_training
+from engine.train.state import find_state
 from tests.unit.test_train_helpers import (
     TINY,
     TINY_PRESET,

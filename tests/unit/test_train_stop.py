@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.models.config import PRESETS
-from engine.train.cli import run_training
+from engine.train.run import run_training
 from tests.unit.test_train_helpers import (
     TINY,
     TINY_PRESET,
