@@ -1,5 +1,9 @@
 """A small GPT: pre-norm blocks, RoPE, tied embeddings, SDPA attention, and a KV cache.
 
+With ``rmsnorm``, ``swiglu`` and no biases (the presets) the layout is Llama's, RoPE included
+(channel pairs (i, i + head_dim/2), as ``rotate_half`` in transformers), so `parley export`
+maps the weights one to one; ``gelu`` (GPT-2's MLP) loads checkpoints made before that.
+
 Two paths through the same weights:
 
 * ``model(tokens, None)`` with ``T <= block_size``: full causal attention, no cache to fill
@@ -203,13 +207,33 @@ class MLP(nn.Module):
         return y
 
 
+class SwiGLU(nn.Module):
+    """Llama's MLP, ``down(silu(gate(x)) * up(x))``, with gate and up as one matmul.
+
+    ``c_fc`` holds Llama's ``gate_proj`` (first half of its rows) and ``up_proj`` (second
+    half) stacked, so a step runs one larger matmul instead of two; export splits it.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.hidden = config.mlp_hidden
+        self.c_fc = nn.Linear(config.n_embd, 2 * self.hidden, bias=config.bias)
+        self.c_proj = nn.Linear(self.hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.c_fc(x).split(self.hidden, dim=-1)  # (B, T, hidden) each
+        y: Tensor = self.dropout(self.c_proj(F.silu(gate) * up))  # (B, T, C)
+        return y
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = _norm(config)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = _norm(config)
-        self.mlp = MLP(config)
+        self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
     def forward(
         self,
