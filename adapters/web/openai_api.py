@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -40,6 +39,7 @@ from adapters.web.chat import (
     open_sse,
     read_body,
 )
+from adapters.web.clients import CLIENTS, ClientAddresses
 from bot.wire import ChatRequest, Delta, Done, Error, ReplyEvent, Role, Sampling, Turn
 
 log = logging.getLogger(__name__)
@@ -95,28 +95,19 @@ class CompletionBody(msgspec.Struct, frozen=True):
 # --- auth ------------------------------------------------------------------------------------
 
 
-def is_loopback(remote: str | None) -> bool:
-    """Whether a peer address is this machine (``127.0.0.0/8``, ``::1``, v4-mapped v6)."""
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
 def key_scope(key: str) -> str:
     """A short, stable, non-reversible name for an API key (part of conversation keys)."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def authenticate(request: web.Request, api_keys: Sequence[SecretStr]) -> str:
-    """The caller's scope (``key_scope`` of its key, or ``loopback``), or a 401 ``ApiError``."""
+def authenticate(
+    request: web.Request, api_keys: Sequence[SecretStr], clients: ClientAddresses | None = None
+) -> str:
+    """The caller's scope (``key_scope`` of its key, or ``loopback``), or a 401 ``ApiError``.
+
+    Without keys only local clients are served (``clients`` knows the trusted proxies)."""
     if not api_keys:
-        if is_loopback(request.remote):
+        if (clients or ClientAddresses()).is_local(request):
             return "loopback"
         raise ApiError(
             401,
@@ -300,12 +291,12 @@ class OpenAIRoutes:
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "parley"}
 
     async def models(self, request: web.Request) -> web.Response:
-        authenticate(request, self.api_keys)
+        authenticate(request, self.api_keys, request.app.get(CLIENTS))
         data = [self._model_object(m) for m in await self._model_ids()]
         return web.json_response({"object": "list", "data": data})
 
     async def model(self, request: web.Request) -> web.Response:
-        authenticate(request, self.api_keys)
+        authenticate(request, self.api_keys, request.app.get(CLIENTS))
         name = request.match_info["model"]
         await self._check_model(name)
         return web.json_response(self._model_object(name))
@@ -321,7 +312,7 @@ class OpenAIRoutes:
             )
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        scope = authenticate(request, self.api_keys)
+        scope = authenticate(request, self.api_keys, request.app.get(CLIENTS))
         body = decode_json(await read_body(request), CompletionBody)
         chat = to_chat_request(
             body,

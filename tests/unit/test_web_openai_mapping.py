@@ -19,11 +19,11 @@ from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
 from adapters.web.chat import ApiError, decode_json
+from adapters.web.clients import ClientAddresses
 from adapters.web.openai_api import (
     Completion,
     CompletionBody,
     authenticate,
-    is_loopback,
     key_scope,
     to_chat_request,
     unsent,
@@ -76,10 +76,9 @@ def test_with_keys_a_valid_key_is_needed_from_anywhere(remote: str) -> None:
     )
 
 
-def test_is_loopback_rejects_names_and_garbage() -> None:
-    assert not is_loopback("localhost")
-    assert not is_loopback("")
-    assert not is_loopback("not an address")
+def test_names_and_garbage_are_not_local() -> None:
+    for remote in ("localhost", "", "not an address"):
+        assert not ClientAddresses().is_local(request_from(remote))
 
 
 def body(**fields: Any) -> CompletionBody:
