@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -24,6 +31,7 @@ SECRET_FIELDS = {
     ("web", "admin_token"),
     ("discord", "token"),
     ("telegram", "token"),
+    ("telegram", "webhook_secret"),
 }
 
 
@@ -55,6 +63,56 @@ class SamplingSettings(_Section):
     max_new_tokens: int = Field(200, ge=1)
     max_temperature: float = Field(2.0, ge=0.0)
     max_new_tokens_limit: int = Field(1000, ge=1)
+
+
+class TelegramSettings(_Section):
+    """The Telegram adapter (``[telegram]``; the token comes from ``PARLEY_TELEGRAM__TOKEN``)."""
+
+    token: SecretStr | None = None
+    """From @BotFather. Environment only; ``parley run`` starts the adapter when it is set."""
+    base_url: str = "https://api.telegram.org/bot"
+    """The Bot API base the token is appended to (a self-hosted Bot API server, tests)."""
+    adapter_id: str | None = None
+    """Defaults to ``telegram-<host>-<pid>``."""
+    admin_ids: list[int] = []
+    """Telegram user ids allowed to use /retrain, /rollback and /model."""
+    allowed_chats: list[int] = []
+    """Chat ids the bot answers in (users' ids for private chats); empty means every chat.
+    Others get one polite refusal."""
+    mode: Literal["polling", "webhook"] = "polling"
+    poll_timeout_s: int = Field(30, ge=0, le=50)
+    """Long-polling wait of one getUpdates call."""
+    poller_lease_s: float = Field(15.0, ge=0.5)
+    """One process per token polls; it renews a lease in Redis this long, the others wait."""
+    webhook_url: str | None = None
+    """Public HTTPS URL Telegram posts updates to (your reverse proxy), webhook mode only."""
+    webhook_path: str = "/telegram"
+    """Path the adapter's own server answers on; the proxy forwards the URL to it."""
+    webhook_secret: SecretStr | None = None
+    """Checked against X-Telegram-Bot-Api-Secret-Token. Environment only
+    (``PARLEY_TELEGRAM__WEBHOOK_SECRET``); required in webhook mode."""
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(8443, ge=0, le=65535)
+    rate_limit: str = "10/minute"
+    """Messages one user may send, in the ``limits`` notation; one notice per window."""
+    max_message_chars: int = Field(4000, ge=1)
+    reply_timeout_s: float = Field(120.0, gt=0)
+    private_interval_s: float = Field(1.0, ge=0.0)
+    """Least time between two messages or edits in a private chat (Telegram: ~1/s)."""
+    group_interval_s: float = Field(3.0, ge=0.0)
+    """Least time between two messages or edits in a group (Telegram: 20/min)."""
+    typing_every_s: float = Field(4.0, gt=0.0)
+    """The typing action lasts ~5 s; it is renewed this often while a reply is awaited."""
+
+    @model_validator(mode="after")
+    def _webhook_complete(self) -> TelegramSettings:
+        if self.mode == "webhook" and (self.webhook_url is None or self.webhook_secret is None):
+            raise ValueError(
+                "webhook mode needs webhook_url and PARLEY_TELEGRAM__WEBHOOK_SECRET"
+            )
+        if not self.webhook_path.startswith("/"):
+            raise ValueError("webhook_path must start with /")
+        return self
 
 
 class DiscordSettings(_Section):
@@ -147,6 +205,28 @@ class WebSettings(_Section):
     admin_token: SecretStr | None = None
     max_message_chars: int = Field(4000, ge=1)
     reply_timeout_s: float = Field(120.0, gt=0)
+    trusted_proxies: list[str] = []
+    """Reverse proxies (addresses or networks) whose ``X-Forwarded-For`` names the client;
+    from any other peer the header is ignored, and a forwarded request is never local."""
+    rate_limit: str | None = "30/minute"
+    """Chat and API requests per client (its API key, else its address); unset: no limit."""
+    global_rate_limit: str | None = "1200/minute"
+    """Chat and API requests of all clients together; unset: no limit."""
+
+
+class SafetySettings(_Section):
+    """The output filter (:mod:`bot.safety`): what the bot must never say."""
+
+    blocklist: list[str] = []
+    """Words and phrases, matched whole-word and case-insensitively."""
+    patterns: list[str] = []
+    """Regular expressions (Python syntax)."""
+    action: Literal["mask", "replace"] = "mask"
+    replacement: str = "I'd rather not say that."
+    classifier: str | None = None
+    """Optional hook ``"package.module:function"``: called with a reply, true blocks it."""
+    exclude_from_training: bool = True
+    """Keep messages the filter matches out of training data."""
 
 
 class TrainSettings(_Section):
@@ -206,7 +286,9 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     web: WebSettings = WebSettings()
     discord: DiscordSettings = DiscordSettings()
+    telegram: TelegramSettings = TelegramSettings()
     train: TrainSettings = TrainSettings()
+    safety: SafetySettings = SafetySettings()
     learning: LearningSettings = LearningSettings()
 
     @field_validator("log_level")

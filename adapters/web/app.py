@@ -28,11 +28,13 @@ from adapters.metrics import AdapterMetrics, adapter_metrics
 from adapters.replies import Replies
 from adapters.web.admin import AdminRoutes
 from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, error_response
+from adapters.web.clients import CLIENTS, ClientAddresses, rate_limit_middleware
 from adapters.web.openai_api import OpenAIRoutes
 from adapters.web.ops import OpsRoutes
 from bot import systemd
 from bot.commands import RetrainCallback, RollbackCallback
 from bot.queue import ParleyClient
+from bot.ratelimit import RateLimiter
 from bot.redis import Redis
 from bot.registry import ModelRegistry
 from bot.safety import SafetyFilter
@@ -117,11 +119,24 @@ def create_app(
     (started and closed with the app); ``redis`` stays the caller's to close."""
     metrics = adapter_metrics()
     client = ParleyClient(redis, settings.redis, adapter_id)
+    clients = ClientAddresses(settings.web.trusted_proxies)
+    web_limits = settings.web
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[metrics_middleware(metrics, adapter_id), error_middleware],
+        middlewares=[
+            metrics_middleware(metrics, adapter_id),
+            error_middleware,
+            rate_limit_middleware(
+                clients,
+                RateLimiter(redis, web_limits.rate_limit) if web_limits.rate_limit else None,
+                RateLimiter(redis, web_limits.global_rate_limit)
+                if web_limits.global_rate_limit
+                else None,
+            ),
+        ],
     )
     app[CLIENT] = client
+    app[CLIENTS] = clients
     app[ADAPTER_ID] = adapter_id
 
     async def client_lifecycle(app: web.Application) -> AsyncIterator[None]:
