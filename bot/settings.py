@@ -3,7 +3,8 @@
 Precedence: environment > TOML file > defaults. Nested fields use ``__`` in the environment
 (``PARLEY_ENGINE__MAX_BATCH=32``). The file is ``--config``, else ``$PARLEY_CONFIG``, else
 ``parley.toml`` in the working directory when it exists. Secrets (tokens, API keys) come from
-the environment only; a secret in the file is refused so it never lands in version control.
+the environment or systemd credentials (:mod:`bot.credentials`; the environment wins) only; a
+secret in the file is refused so it never lands in version control.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.credentials import read_credentials
 from bot.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "parley.toml"
@@ -364,6 +366,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
         path = Path(DEFAULT_CONFIG_FILE)
     data = _read_toml(path) if path is not None else {}
+    for section, fields in read_credentials(SECRET_FIELDS).items():  # systemd LoadCredential=
+        if isinstance(data.get(section, {}), dict):
+            data[section] = {**data.get(section, {}), **fields}
     for key, value in overrides.items():
         if value is not None and value != {}:
             data[key] = value
