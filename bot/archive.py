@@ -20,16 +20,18 @@ Text is stored as given; the exporter does not clean it (the trainer's formattin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from bot.errors import ParleyError
 from bot.wire import Exchange
@@ -71,6 +73,7 @@ CREATE TABLE IF NOT EXISTS pending_feedback (
 """
 
 BotReplies = Literal["never", "good"]
+_T = TypeVar("_T")
 
 
 class ArchiveError(ParleyError):
@@ -314,6 +317,7 @@ class Archive:
         *,
         bot_replies: BotReplies = "good",
         exclude_users: Iterable[str] = (),
+        good_reply_weight: int = 1,
         gap_ms: int = CONVERSATION_GAP_MS,
     ) -> Iterator[ExportedConversation]:
         """The archive as JSONL conversation records (the format of ``engine.data.jsonl``).
@@ -324,7 +328,9 @@ class Archive:
         Messages of opted-out users (and of ``exclude_users``) are left out, and with them the
         bot's replies to them; the bot's replies are left out unless ``bot_replies`` is
         ``"good"`` and the reply has a 👍. Kept replies are written with ``"bot": false``
-        (the trainer skips ``bot`` messages) and ``"role": "bot"``.
+        (the trainer skips ``bot`` messages) and ``"role": "bot"``; each, with the message
+        it answers, is written ``good_reply_weight`` times in a row (weighting inside the
+        conversation keeps its id unique and its copies on one side of the split).
         """
         excluded = self.opted_out() | set(exclude_users)
         rows = self._read(
@@ -341,7 +347,7 @@ class Archive:
             if current is None or not current.continues(str(platform), str(chat), at, gap_ms):
                 if current is not None:
                     yield current.build()
-                current = _Builder(str(platform), str(chat), str(rid), at)
+                current = _Builder(str(platform), str(chat), str(rid), at, good_reply_weight)
             current.add(str(role), str(user), str(text), at, int(feedback))
         if current is not None:
             yield current.build()
@@ -355,8 +361,8 @@ class Archive:
         exclude_users: Iterable[str] = (),
     ) -> ExportStats:
         """Write :meth:`conversations` to ``path`` as JSONL (atomically: written beside it and
-        renamed); a conversation holding a reply marked good is written ``good_reply_weight``
-        times. Returns what was written."""
+        renamed), with replies marked good weighted as :meth:`conversations` says. Returns
+        what was written."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         conversations = messages = 0
@@ -365,11 +371,14 @@ class Archive:
         platforms: set[str] = set()
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for c in self.conversations(bot_replies=bot_replies, exclude_users=exclude_users):
-                    copies = good_reply_weight if c.good else 1
-                    f.write((json.dumps(c.record, ensure_ascii=False) + "\n") * copies)
-                    conversations += copies
-                    messages += c.messages * copies
+                for c in self.conversations(
+                    bot_replies=bot_replies,
+                    exclude_users=exclude_users,
+                    good_reply_weight=good_reply_weight,
+                ):
+                    f.write(json.dumps(c.record, ensure_ascii=False) + "\n")
+                    conversations += 1
+                    messages += c.messages
                     first = c.first_ms if first is None else min(first, c.first_ms)
                     last = c.last_ms if last is None else max(last, c.last_ms)
                     platforms.add(c.platform)
@@ -413,9 +422,10 @@ class ExportedConversation:
 class _Builder:
     """Collects one chat's messages until a gap ends the conversation."""
 
-    def __init__(self, platform: str, chat: str, first_id: str, at: int) -> None:
+    def __init__(self, platform: str, chat: str, first_id: str, at: int, weight: int) -> None:
         self.platform, self.chat, self.first_id = platform, chat, first_id
         self.first_ms = self.last_ms = at
+        self.weight = weight
         self.messages: list[dict[str, object]] = []
         self.good = False
 
@@ -426,9 +436,21 @@ class _Builder:
         self.last_ms = at
         if role == "bot":
             self.good = self.good or feedback == 1
-            self.messages.append(
-                {"author": BOT_AUTHOR, "text": text, "bot": False, "ts": _iso(at), "role": "bot"}
+            reply = {
+                "author": BOT_AUTHOR,
+                "text": text,
+                "bot": False,
+                "ts": _iso(at),
+                "role": "bot",
+            }
+            asked = (
+                self.messages[-1:]
+                if self.messages and self.messages[-1].get("role") != "bot"
+                else []
             )
+            self.messages.append(reply)
+            for _ in range(self.weight - 1 if asked else 0):
+                self.messages.extend([asked[0], reply])
         else:
             self.messages.append({"author": user, "text": text, "bot": False, "ts": _iso(at)})
 
@@ -441,6 +463,35 @@ class _Builder:
         return ExportedConversation(
             record, self.platform, len(self.messages), self.first_ms, self.last_ms, self.good
         )
+
+
+class AsyncArchive:
+    """The archive for an event loop: every call runs on one thread of its own (sqlite3
+    blocks, and a connection stays on the thread that opened it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="parley-archive")
+        self._archive: Archive | None = None
+
+    def _run(self, fn: Callable[[Archive], _T]) -> _T:
+        if self._archive is None:
+            self._archive = Archive(self.path)
+        return fn(self._archive)
+
+    async def call(self, fn: Callable[[Archive], _T]) -> _T:
+        """``fn(archive)`` on the archive's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+
+    async def close(self) -> None:
+        def close(_: Archive) -> None:
+            if self._archive is not None:
+                self._archive.close()
+                self._archive = None
+
+        if self._archive is not None:
+            await self.call(close)
+        self._executor.shutdown(wait=True)
 
 
 def open_archive(path: Path) -> closing[Archive]:

@@ -25,7 +25,11 @@ _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("engine.service:engine_command", "Run an engine worker (needs torch)."),
     "train": ("engine.train.cli:train_command", "Train a model from conversations."),
     "eval": ("engine.train.cli:eval_command", "Evaluate a checkpoint."),
+    "export": ("engine.export:export_command", "Export a checkpoint (transformers' Llama)."),
     "adapter": ("adapters.cli:adapter_group", "Run a platform adapter (web, discord, telegram)."),
+    "trainer": ("bot.trainer.cli:trainer_command", "Run the trainer service (archive, retrain)."),
+    "retrain": ("bot.trainer.cli:retrain_command", "Ask the trainer service to retrain."),
+    "archive": ("bot.archive_cli:archive_group", "Export, import or count archived messages."),
 }
 
 

@@ -264,6 +264,8 @@ class LearningSettings(_Section):
     """Retrain from the live model's weights (its tokenizer kept); off: from scratch."""
     budget_s: float = Field(600.0, gt=0)
     """Wall-clock training budget of one retrain job."""
+    max_steps: int | None = Field(None, ge=1)
+    """A retrain job also stops after this many optimizer steps (unset: the budget alone)."""
     progress_interval_s: float = Field(10.0, ge=0.5)
     """Least time between two progress reports to the admin who asked."""
     trainer_id: str | None = None

@@ -164,6 +164,15 @@ class ConversationStore:
         )
         return sorted(_text(m) for m in members)
 
+    async def opted_out_among(self, users: Sequence[str]) -> set[str]:
+        """Those of ``users`` who are opted out, in one round trip (the trainer's filter)."""
+        if not users:
+            return set()
+        found: list[Any] = await self._call(
+            self.redis.smismember(keys.opted_out(), list(users)), "check consent"
+        )
+        return {user for user, flag in zip(users, found, strict=True) if flag}
+
     # -- Redis at the boundary ---------------------------------------------------------
 
     async def _run(self, pipe: Pipeline, what: str) -> list[Any]:

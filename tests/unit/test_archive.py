@@ -109,14 +109,16 @@ def test_feedback_before_the_reply_is_archived_is_applied_on_arrival(
         archive.set_feedback("r1", 5)
 
 
-def test_good_conversations_are_weighted(archive: Archive, tmp_path: Path) -> None:
-    archive.add_exchanges([exchange(1, chat="a"), exchange(2, chat="b")])
+def test_good_replies_are_weighted_inside_their_conversation(
+    archive: Archive, tmp_path: Path
+) -> None:
+    archive.add_exchanges([exchange(1), exchange(2)])
     archive.set_feedback("r1", 1)
     stats = archive.export(tmp_path / "out.jsonl", good_reply_weight=3)
-    lines = (tmp_path / "out.jsonl").read_text().splitlines()
-    ids = [json.loads(line)["id"] for line in lines]
-    assert ids.count("discord:a:r1") == 3 and ids.count("discord:b:r2") == 1
-    assert stats.conversations == 4
+    (conv,) = read_jsonl(tmp_path / "out.jsonl")
+    texts = [m.text for m in conv.messages]
+    assert texts == ["question 1 from u1", "answer 1"] * 3 + ["question 2 from u1"]
+    assert stats.conversations == 1 and stats.messages == 7
 
 
 def test_a_long_silence_starts_a_new_conversation_with_a_stable_id(

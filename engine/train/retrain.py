@@ -1,0 +1,221 @@
+"""One retrain job, as the trainer service's child process: ``python -m engine.train.retrain SPEC``.
+
+The chain::
+
+    spec -> texts (archive export + corpora, one fixed split) -> live model (warm start) or a
+    fresh one -> Trainer.run() -> both models scored on the same held-out texts -> verdict
+
+Progress and the verdict go to standard output as :class:`bot.wire.JobUpdate` JSON lines, at
+most one progress line every ``report_every_s``; logs go to standard error. The child decides
+whether the new model beats the live one (``status="published"`` means "publish it",
+``"kept"`` means the live one stays) but publishes nothing itself: the trainer service adds
+the checkpoint to the registry and moves the live pointer, so a crash here publishes nothing.
+Exit status 0 when a verdict was printed, 1 with one line on standard error otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from bot import wire
+from bot.errors import ModelError, ParleyError
+from bot.trainer.spec import MODEL_DIR, RetrainSpec, read_spec
+from bot.wire import JobStatus, JobUpdate
+from engine.checkpoint import Checkpoint, load_checkpoint
+from engine.models import LanguageModel, build_model, preset_config
+from engine.tokenizer import Tokenizer
+from engine.train import ddp
+from engine.train.data import (
+    TextSplits,
+    TrainData,
+    encode_split,
+    fit_tokenizer,
+    load_texts,
+    training_vocabulary,
+)
+from engine.train.evaluate import autocast_dtype, evaluate_loss
+from engine.train.loop import Trainer
+from engine.train.run import SPLIT_SEED, resolve_preset, train_config
+from engine.train.schedule import recipe_for
+
+log = logging.getLogger(__name__)
+
+
+class Reporter:
+    """Prints :class:`JobUpdate` lines for one job, progress at most every ``every_s``."""
+
+    def __init__(self, spec: RetrainSpec, out: BinaryIO) -> None:
+        self.spec, self.out = spec, out
+        self.started = time.monotonic()
+        self.last_s = -math.inf
+
+    def update(self, status: JobStatus, *, force: bool = False, **fields: Any) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_s < self.spec.report_every_s:
+            return
+        self.last_s = now
+        update = JobUpdate(
+            job_id=self.spec.job_id,
+            status=status,
+            elapsed_s=round(now - self.started, 1),
+            live_version=self.spec.live_version,
+            time=time.time(),
+            **fields,
+        )
+        self.out.write(wire.encode_job_line(update))
+        self.out.flush()
+
+    def step(self, trainer: Trainer, step: int) -> None:
+        curve = trainer.progress.train_curve
+        pending = trainer.progress.pending
+        loss = pending[-1] if pending else (curve[-1][1] if curve else None)
+        val = trainer.progress.val_curve[-1][1] if trainer.progress.val_curve else None
+        self.update(
+            "running",
+            step=step,
+            steps=self.spec.max_steps,
+            loss=loss,
+            val_loss=val,
+            eta_s=self._eta(step, trainer.progress.elapsed_s),
+            message=f"training, step {step}",
+        )
+
+    def _eta(self, step: int, train_s: float) -> float | None:
+        left = [self.spec.budget_s - train_s]
+        if self.spec.max_steps and step:
+            left.append((self.spec.max_steps - step) * train_s / step)
+        return round(max(0.0, min(left)), 1)
+
+
+def load_data(spec: RetrainSpec) -> TextSplits:
+    texts = load_texts(
+        spec.data,
+        include_bot=False,
+        opted_out=spec.opted_out,
+        val_fraction=spec.val_fraction,
+        split_seed=SPLIT_SEED,
+    )
+    if not texts.train or not texts.val:
+        raise ModelError(
+            f"not enough conversations to train on ({len(texts.train)} train, "
+            f"{len(texts.val)} held out)"
+        )
+    return texts
+
+
+def starting_point(
+    spec: RetrainSpec, live: Checkpoint | None, texts: TextSplits, device: torch.device
+) -> tuple[LanguageModel, Tokenizer, str]:
+    """The live model (a copy, in float32, its tokenizer kept) or fresh weights."""
+    if spec.warm_start and live is not None:
+        warm = load_checkpoint(live.path, device=device)
+        return warm.model.float().train(), warm.tokenizer, warm.preset or spec.preset
+    preset = resolve_preset(spec.preset)
+    recipe = recipe_for(preset, preset_config(preset, 1).arch)
+    tokenizer = fit_tokenizer(recipe.tokenizer, texts.train, recipe.vocab_size or 4096)
+    torch.manual_seed(spec.seed)
+    return build_model(preset_config(preset, tokenizer.vocab_size)), tokenizer, preset
+
+
+def score_bpc(ckpt: Checkpoint, val_texts: list[str], spec: RetrainSpec) -> float:
+    """Bits per character of ``ckpt`` on the held-out texts, through its own tokenizer."""
+    cache = Path(spec.cache_dir) if spec.cache_dir else None
+    val = encode_split(ckpt.tokenizer, val_texts, cache)
+    device = ckpt.model.device
+    return evaluate_loss(ckpt.model, val, amp_dtype=autocast_dtype(device, "auto")).bpc
+
+
+def run(spec: RetrainSpec, reporter: Reporter) -> None:
+    device = ddp.pick_device("auto")
+    reporter.update("running", force=True, message="reading the archive and corpora")
+    texts = load_data(spec)
+    live = load_checkpoint(Path(spec.live_model), device=device) if spec.live_model else None
+    model, tokenizer, preset = starting_point(spec, live, texts, device)
+    cache = Path(spec.cache_dir) if spec.cache_dir else None
+    data = TrainData(
+        train=encode_split(tokenizer, texts.train, cache),
+        val=encode_split(tokenizer, texts.val, cache),
+        vocabulary=training_vocabulary(texts.train),
+    )
+    cfg = train_config(
+        preset,
+        budget_s=spec.budget_s,
+        max_steps=spec.max_steps,
+        seed=spec.seed,
+        progress_bar=False,
+        eval_interval=max(1, min(250, spec.max_steps or 250)),
+    )
+    provenance = {
+        **texts.provenance,
+        "warm_start_from": spec.live_version if spec.warm_start and live else None,
+        "job": spec.job_id,
+    }
+    trainer: Trainer | None = None
+
+    def on_step(step: int) -> None:
+        assert trainer is not None
+        reporter.step(trainer, step)
+
+    out = Path(spec.run_dir) / MODEL_DIR
+    trainer = Trainer(
+        model, tokenizer, data, cfg, out, preset=preset, provenance=provenance, on_step=on_step
+    )
+    reporter.update("running", force=True, message="training", steps=spec.max_steps)
+    result = trainer.run()
+    reporter.update("running", force=True, message="scoring the new and the live model")
+    new = load_checkpoint(result.checkpoint, device=device)
+    new_bpc = score_bpc(new, texts.val, spec)
+    live_bpc = score_bpc(live, texts.val, spec) if live is not None else None
+    better = live_bpc is None or new_bpc < live_bpc * (1.0 - spec.min_improvement)
+    samples = tuple(
+        (str(s["prompt"]), str(s["reply"])) for s in result.metrics.get("samples", [])[:3]
+    )
+    reporter.update(
+        "published" if better else "kept",
+        force=True,
+        final=True,
+        step=int(result.metrics.get("steps", 0)),
+        val_loss=float(result.metrics["val_loss"]),
+        new_bpc=new_bpc,
+        live_bpc=live_bpc,
+        samples=samples,
+        message=verdict(new_bpc, live_bpc, spec),
+    )
+
+
+def verdict(new_bpc: float, live_bpc: float | None, spec: RetrainSpec) -> str:
+    if live_bpc is None:
+        return f"new model: {new_bpc:.3f} bits/char on the held-out split (no live model)"
+    change = (new_bpc - live_bpc) / live_bpc
+    live = spec.live_version or "the live model"
+    if new_bpc < live_bpc * (1.0 - spec.min_improvement):
+        return f"new model {new_bpc:.3f} bits/char vs {live}'s {live_bpc:.3f} ({change:+.1%})"
+    return (
+        f"new model {new_bpc:.3f} bits/char does not beat {live}'s {live_bpc:.3f} "
+        f"({change:+.1%}, needed below {-spec.min_improvement:+.1%}); {live} stays live"
+    )
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    if len(argv) != 1:
+        print("usage: python -m engine.train.retrain JOB_SPEC.json", file=sys.stderr)
+        return 2
+    try:
+        spec = read_spec(Path(argv[0]))
+        run(spec, Reporter(spec, sys.stdout.buffer))
+    except ParleyError as e:
+        print(f"retrain failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
