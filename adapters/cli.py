@@ -9,7 +9,7 @@ from bot.settings import Settings
 
 @click.group("adapter")
 def adapter_group() -> None:
-    """Run a platform adapter (web; Discord and Telegram come with their issues)."""
+    """Run a platform adapter (web, telegram)."""
 
 
 @adapter_group.command("web")
@@ -37,6 +37,25 @@ def web_command(settings: Settings, port: int | None) -> None:
             await run_web(
                 settings, redis, registry=registry, on_retrain=on_retrain, on_rollback=on_rollback
             )
+        finally:
+            await redis.aclose()
+
+    run_async(main())
+
+
+@adapter_group.command("telegram")
+@click.pass_obj
+def telegram_command(settings: Settings) -> None:
+    """Answer on Telegram (PARLEY_TELEGRAM__TOKEN): long polling, or a webhook if configured."""
+    from adapters.telegram import serve
+    from bot.cli import run_async
+    from bot.redis import connect
+    from bot.runtime import find_redis_url, stop_event_on_signals
+
+    async def main() -> None:
+        redis = await connect(find_redis_url(settings))
+        try:
+            await serve(settings, redis, stop_event_on_signals())
         finally:
             await redis.aclose()
 

@@ -60,6 +60,11 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
             )
             tasks.append(asyncio.create_task(_until_cancelled(serving, stop), name="web"))
             web_url = f"http://{settings.web.host}:{settings.web.port}"
+        if settings.telegram.token is not None:
+            telegram = importlib.import_module("adapters.telegram")
+            tasks.append(
+                asyncio.create_task(telegram.serve(settings, redis, stop), name="telegram")
+            )
         info = RuntimeInfo(pid=os.getpid(), redis_url=url, web_url=web_url)
         with runtime_file(settings.runtime_file, info):
             if web_url:

@@ -1,0 +1,296 @@
+"""Handling Telegram updates: each becomes a streamed reply, a command's answer, a note, or nothing.
+
+:meth:`TelegramAdapter.accept` starts handling a batch of updates and returns once every one
+of them is *taken*: its request is in its Redis request stream (chat messages, ``/reset``,
+``/forget``), or its answer is sent (other commands, notes), or it needs nothing. The poller
+confirms the batch's offset to Telegram only after that, so an update that is not yet kept
+anywhere is delivered again after a crash. Replies then stream on in the background.
+
+A redelivered update carries the same ids, hence the same request id; the first message of a
+reply is sent only if its claim (:func:`bot.keys.telegram_replied`) is new, and an update
+whose claim exists is not sent to the engine again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from telegram import Bot, Update
+from telegram.error import TelegramError
+
+from adapters.pump import StreamedReply, keep_typing, pump
+from adapters.replies import Replies
+from adapters.telegram.metrics import TelegramMetrics
+from adapters.telegram.queue import TrackedClient
+from adapters.telegram.sender import Sender, TelegramSink
+from adapters.telegram.updates import (
+    BotIdentity,
+    Decision,
+    Incoming,
+    conversation_key,
+    read_update,
+    request_id,
+    user_key,
+)
+from adapters.text import utf16_length
+from bot import keys
+from bot.commands import Caller, Commands
+from bot.ratelimit import RateLimiter
+from bot.redis import Redis
+from bot.settings import TelegramSettings
+from bot.wire import ChatRequest, Done, Error
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_UTF16 = 4096
+REPLIED_TTL_S = 3 * 24 * 3600
+"""Telegram keeps an unconfirmed update for 24 hours; a claim outlives any redelivery."""
+REFUSED_TTL_S = 7 * 24 * 3600
+
+REFUSAL = "Sorry — this bot only talks in the chats its owner has allowed."
+TOO_LONG = "That message is too long for me ({n} characters; I read at most {limit})."
+SLOW_DOWN = "You're writing faster than I can answer — please wait a moment before the next one."
+NO_TEXT = "…"
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where an answer to ``message`` goes, and how fast that chat may be written to."""
+
+    chat_id: int
+    thread_id: int | None
+    quote: int | None
+    interval_s: float
+
+
+class TelegramAdapter:
+    """Turns updates into requests and replies; one per adapter process."""
+
+    def __init__(
+        self,
+        *,
+        bot: Bot,
+        me: BotIdentity,
+        settings: TelegramSettings,
+        redis: Redis,
+        client: TrackedClient,
+        replies: Replies,
+        commands: Commands,
+        metrics: TelegramMetrics,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.bot = bot
+        self.me = me
+        self.settings = settings
+        self.redis = redis
+        self.client = client
+        self.replies = replies
+        self.commands = commands
+        self.metrics = metrics
+        self.limiter = limiter
+        self.adapter_id = client.adapter_id
+        self.sender = Sender(bot, metrics, self.adapter_id)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the batch -----------------------------------------------------------------------------
+
+    async def accept(self, updates: Sequence[Update]) -> None:
+        """Start handling ``updates``; return once each one is taken (see the module doc)."""
+        taken = [self._start(update) for update in updates]
+        await asyncio.gather(*taken)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the replies in flight (at most ``timeout_s``), then cancel what is left."""
+        if not self._tasks:
+            return
+        log.info("telegram: finishing %d repl(ies) in flight", len(self._tasks))
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    def _start(self, update: Update) -> asyncio.Future[None]:
+        taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._handle(update, taken), name=f"tg-{update.update_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return taken
+
+    async def _handle(self, update: Update, taken: asyncio.Future[None]) -> None:
+        """Handle one update; whatever fails is logged here and never stops the others."""
+        try:
+            decision = read_update(update, self.me)
+            self.metrics.updates.labels(self.adapter_id, decision.kind, decision.action).inc()
+            await self._act(decision, taken)
+        except Exception:
+            log.exception("telegram: update %s could not be handled", update.update_id)
+        finally:
+            if not taken.done():
+                taken.set_result(None)
+
+    async def _act(self, decision: Decision, taken: asyncio.Future[None]) -> None:
+        if decision.action == "callback":
+            await self._answer_callback(decision.callback_id)
+            return
+        message = decision.message
+        if decision.action == "ignore" or message is None:
+            log.debug("telegram: ignoring a %s update", decision.kind)
+            return
+        if not await self._allowed(message):
+            return
+        if decision.action == "note":
+            await self._say(message, decision.note)
+        elif decision.action == "command":
+            await self._command(message, taken)
+        else:
+            await self._chat(message, taken)
+
+    # -- the three answers ---------------------------------------------------------------------
+
+    async def _chat(self, message: Incoming, taken: asyncio.Future[None]) -> None:
+        """Send ``message`` to the engine and stream its reply."""
+        if len(message.text) > self.settings.max_message_chars:
+            text = TOO_LONG.format(n=len(message.text), limit=self.settings.max_message_chars)
+            await self._say(message, text)
+            return
+        if not await self._within_rate(message):
+            return
+        rid = request_id(self.me.id, message)
+        if await self.redis.exists(keys.telegram_replied(rid)):
+            log.info("telegram: request %s was answered before; not again", rid)
+            return
+        request = ChatRequest(
+            id=rid,
+            conversation=conversation_key(message),
+            reply_to=self.adapter_id,
+            text=message.text,
+            user=user_key(message.user_id),
+            platform="telegram",
+            created_ms=int(time.time() * 1000),
+        )
+        where = self._where(message)
+        reply = StreamedReply(
+            self._sink(where, rid),
+            limit=MAX_TEXT_UTF16,
+            interval_s=where.interval_s,
+            measure=utf16_length,
+        )
+        self.client.watch(rid, taken)
+
+        async def typing() -> None:
+            await self.sender.typing(where.chat_id, where.thread_id)
+
+        async with keep_typing(
+            typing, every_s=self.settings.typing_every_s, until=lambda: reply.started
+        ):
+            final = await pump(reply, self.replies.events(request))
+        await self._finish(reply, final, where)
+
+    async def _finish(
+        self, reply: StreamedReply[int], final: Done | Error | None, where: _Where
+    ) -> None:
+        """After the stream: an error's message (after a partial reply, as a message of its
+        own), or a placeholder for an empty reply."""
+        if reply.gone:
+            return
+        if isinstance(final, Error) and reply.started:
+            await self.sender.send(
+                where.chat_id, final.message, interval_s=where.interval_s, thread_id=where.thread_id
+            )
+        elif isinstance(final, Error):
+            await reply.render(final.message)
+        elif not reply.started:
+            await reply.render(NO_TEXT)
+
+    async def _command(self, message: Incoming, taken: asyncio.Future[None]) -> None:
+        assert message.command is not None
+        if not await self._within_rate(message):
+            return
+        rid = request_id(self.me.id, message)
+        if await self.redis.exists(keys.telegram_replied(rid)):
+            log.info("telegram: command %s was answered before; not again", rid)
+            return
+        caller = Caller(
+            platform="telegram",
+            user=user_key(message.user_id),
+            conversation=conversation_key(message),
+            request_id=rid,
+            reply_to=self.adapter_id,
+            is_admin=message.user_id in self.settings.admin_ids,
+        )
+        self.client.watch(rid, taken)
+        text = await self.commands.run(message.command, message.text, caller)
+        await self._say(message, text)
+
+    async def _say(self, message: Incoming, text: str) -> None:
+        """One short answer to ``message`` (split if long), sent at most once per update."""
+        where = self._where(message)
+        rid = request_id(self.me.id, message)
+        reply = StreamedReply(
+            self._sink(where, rid), limit=MAX_TEXT_UTF16, interval_s=0.0, measure=utf16_length
+        )
+        await reply.render(text)
+
+    # -- checks --------------------------------------------------------------------------------
+
+    async def _allowed(self, message: Incoming) -> bool:
+        """Whether the chat is allowed; else one polite refusal per chat (a week)."""
+        allowed = self.settings.allowed_chats
+        if not allowed or message.chat_id in allowed:
+            return True
+        key = keys.telegram_refused(self.me.id, message.chat_id)
+        if await self.redis.set(key, 1, nx=True, ex=REFUSED_TTL_S):
+            log.info("telegram: chat %s is not in allowed_chats; told it once", message.chat_id)
+            await self._say(message, REFUSAL)
+        return False
+
+    async def _within_rate(self, message: Incoming) -> bool:
+        """The per-user rate limit; the first refusal of a window says so."""
+        if self.limiter is None:
+            return True
+        verdict = await self.limiter.hit("telegram", str(message.user_id))
+        if verdict.allowed:
+            return True
+        if verdict.notify:
+            await self._say(message, SLOW_DOWN)
+        return False
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _where(self, message: Incoming) -> _Where:
+        s = self.settings
+        return _Where(
+            chat_id=message.chat_id,
+            thread_id=message.thread_id,
+            quote=message.message_id if message.group else None,
+            interval_s=s.group_interval_s if message.group else s.private_interval_s,
+        )
+
+    def _sink(self, where: _Where, rid: str) -> TelegramSink:
+        return TelegramSink(
+            self.sender,
+            where.chat_id,
+            where.interval_s,
+            claim=self._claim(rid),
+            thread_id=where.thread_id,
+            quote=where.quote,
+        )
+
+    def _claim(self, rid: str) -> Callable[[], Awaitable[bool]]:
+        async def claim() -> bool:
+            key = keys.telegram_replied(rid)
+            return bool(await self.redis.set(key, self.adapter_id, nx=True, ex=REPLIED_TTL_S))
+
+        return claim
+
+    async def _answer_callback(self, callback_id: str) -> None:
+        """Parley sends no buttons; a stray callback is answered so its spinner stops."""
+        try:
+            await self.bot.answer_callback_query(callback_id)
+        except TelegramError as e:
+            log.debug("telegram: answering callback %s failed: %s", callback_id, e)
