@@ -207,9 +207,9 @@ async def run_web(
         try:
             site = web.TCPSite(runner, settings.web.host, settings.web.port)
             await site.start()
-            serving = ", ".join(map(str, runner.addresses))
-            log.info("web adapter serving on %s", serving)
-            notifier.ready(f"web adapter: serving on {serving}")
+            log.info("web adapter serving on %s", ", ".join(map(str, runner.addresses)))
+            where = ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple))
+            notifier.ready(f"web adapter: serving on {where}")
             await asyncio.Event().wait()
         finally:
             notifier.stopping("web adapter: stopping")

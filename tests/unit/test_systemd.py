@@ -26,10 +26,10 @@ class Listener:
         data = await asyncio.get_running_loop().sock_recv(self.sock, 4096)
         return dict(line.split("=", 1) for line in data.decode().split("\n"))
 
-    async def until(self, key: str) -> list[dict[str, str]]:
+    async def until(self, key: str, timeout_s: float = 30.0) -> list[dict[str, str]]:
         """Every notification up to and including the first that carries ``key``."""
         seen = []
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(timeout_s):
             while not seen or key not in seen[-1]:
                 seen.append(await self.next())
         return seen
