@@ -1,7 +1,9 @@
 """``parley run``: all of Parley in one process, for one machine and for a first try.
 
 Starts, in order: an embedded Redis-compatible server when no Redis URL is configured, an
-engine worker, and the web adapter; writes the runtime file that ``parley chat`` reads; and
+engine worker, the trainer service (archive and retrain jobs), and the web adapter (with no
+admin token configured, it makes one for this run and prints the dashboard's login link on
+the console, not in the log); writes the runtime file that ``parley chat`` reads; and
 on SIGINT/SIGTERM stops taking requests, lets the engine drain, and stops everything.
 """
 
@@ -12,10 +14,12 @@ import contextlib
 import importlib
 import logging
 import os
+import secrets
 from collections.abc import Coroutine
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from bot import model_admin, systemd
 from bot.embedded import EmbeddedRedis
@@ -23,6 +27,7 @@ from bot.redis import connect
 from bot.registry import ModelRegistry
 from bot.runtime import RuntimeInfo, runtime_file, stop_event_on_signals
 from bot.settings import Settings
+from bot.trainer.service import TrainerService
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,12 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
             )
         ]
         await _wait_ready(ready, tasks[0])
+        trainer = TrainerService(settings, redis)
+        tasks.append(asyncio.create_task(trainer.run(stop), name="trainer"))
         web_url = None
+        login_url = None
         if web_app is not None:
+            settings, login_url = _first_run_admin_token(settings)
             registry = ModelRegistry(settings.models_dir)
             on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
             serving = web_app.run_web(
@@ -69,7 +78,20 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
         with runtime_file(settings.runtime_file, info):
             if web_url:
                 log.info("Parley is up: chat at %s  (or run `parley chat`)", web_url)
+            if login_url:
+                click.echo(f"Dashboard (this run's admin login): {login_url}", err=True)
             await _until_stopped(stop, tasks)
+
+
+def _first_run_admin_token(settings: Settings) -> tuple[Settings, str | None]:
+    """With no admin token configured, one made for this run, and the dashboard link that
+    logs in with it (the token travels in the URL fragment, which browsers never send)."""
+    if settings.web.admin_token is not None and settings.web.admin_token.get_secret_value():
+        return settings, None
+    token = secrets.token_urlsafe(24)
+    web = settings.web.model_copy(update={"admin_token": SecretStr(token)})
+    url = f"http://{settings.web.host}:{settings.web.port}/admin#token={token}"
+    return settings.model_copy(update={"web": web}), url
 
 
 async def _until_cancelled(service: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:

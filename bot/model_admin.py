@@ -1,89 +1,69 @@
 """The admin's model actions behind the dashboard's buttons: roll back, and retrain.
 
 Rollback moves the registry's ``LIVE`` pointer and announces the version, so every engine
-hot-swaps. Retrain starts ``parley train --publish`` as a child process (one at a time,
-guarded by a Redis lock), reports its state in :data:`bot.keys.TRAIN_PROGRESS`, and the
-trainer publishes the new model only if it beats the live one.
+hot-swaps. Retrain is a request to the trainer service (:mod:`bot.trainer`), which may run on
+another host: it runs one job at a time and reports progress in
+:data:`bot.keys.TRAIN_PROGRESS`, which the dashboard shows; a retrain asked for while one
+runs joins the running job.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import sys
-import time
+import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bot import keys
-from bot.errors import ModelError, ParleyError
+from bot.errors import ModelError
 from bot.registry import ModelRegistry
 from bot.settings import Settings
+from bot.trainer.client import TrainerClient, now_ms
+from bot.trainer.progress import describe
+from bot.wire import TrainerRequest
 
 log = logging.getLogger(__name__)
 
-TRAIN_LOCK_TTL_S = 6 * 3600
-
-
-class TrainingBusy(ParleyError):
-    """A training run is already going."""
+ANSWER_TIMEOUT_S = 15.0
 
 
 async def rollback(registry: ModelRegistry, redis: aioredis.Redis, version: str | None) -> str:
-    """Make ``version`` live (default: the version before the live one) and announce it."""
-    versions = registry.versions()
+    """Make ``version`` live (default: the version before the live one) and announce it.
+
+    Raises :class:`ModelError` when there is nowhere to go, or the version is unknown or
+    damaged (then nothing changes)."""
     live = await registry.live_version(redis)
     if version is None:
-        older = [v for v in versions if live is None or v.number < registry.get(live).number]
-        if not older:
+        previous = registry.previous(live)
+        if previous is None:
             raise ModelError("there is no earlier version to roll back to")
-        version = older[-1].version
+        version = previous.version
+    if version == live:
+        raise ModelError(f"{version} is already live")
     registry.set_live(version)
     await registry.announce(redis, version)
     log.info("rolled back from %s to %s", live, version)
     return f"Rolled back to {version}; engines are swapping now."
 
 
-async def _report(redis: aioredis.Redis, **progress: object) -> None:
-    await redis.set(keys.TRAIN_PROGRESS, json.dumps({**progress, "time": time.time()}))
-
-
-async def start_retrain(
-    settings: Settings, redis: aioredis.Redis, config: Path | None = None
+async def request_retrain(
+    redis: aioredis.Redis, *, user: str = "dashboard", timeout_s: float = ANSWER_TIMEOUT_S
 ) -> str:
-    """Start a background ``parley train --publish``; raises :class:`TrainingBusy` if one runs."""
-    if not await redis.set(keys.TRAIN_LOCK, "1", nx=True, ex=TRAIN_LOCK_TTL_S):
-        raise TrainingBusy("a training run is already in progress")
-    out = settings.data_dir / "runs" / time.strftime("retrain-%Y%m%d-%H%M%S")
-    args = [sys.executable, "-m", "bot.cli"]
-    if config is not None:
-        args += ["--config", str(config)]
-    args += ["train", "--publish", "--out", str(out)]
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    """Ask the trainer service for a retrain job; returns its first answer, for the admin."""
+    request = TrainerRequest(
+        id=f"dashboard-{uuid.uuid4().hex[:12]}",
+        command="retrain",
+        platform="web",
+        user=user,
+        created_ms=now_ms(),
+    )
+    answer = await TrainerClient(redis).ask(request, timeout_s=timeout_s)
+    if answer is None:
+        return (
+            "The trainer service did not answer; the retrain waits for it "
+            "(it runs if `parley trainer` is back within the hour)."
         )
-    except OSError as e:
-        await redis.delete(keys.TRAIN_LOCK)
-        raise ParleyError(f"could not start training: {e}") from e
-    await _report(redis, status="running", pid=proc.pid, out=str(out))
-    asyncio.get_running_loop().create_task(_watch(proc, redis, out))
-    return f"Training started (pid {proc.pid}); progress appears here."
-
-
-async def _watch(proc: asyncio.subprocess.Process, redis: aioredis.Redis, out: Path) -> None:
-    assert proc.stderr is not None
-    _, stderr = await proc.communicate()
-    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-    status = "done" if proc.returncode == 0 else "failed"
-    log.info("training run in %s %s: %s", out, status, tail[0])
-    try:
-        await _report(redis, status=status, returncode=proc.returncode, message=tail[0][-300:])
-    finally:
-        await redis.delete(keys.TRAIN_LOCK)
+    return describe(answer)
 
 
 def callbacks(
@@ -92,7 +72,7 @@ def callbacks(
     """``(on_retrain, on_rollback)`` for the web adapter's dashboard."""
 
     async def on_retrain() -> str:
-        return await start_retrain(settings, redis)
+        return await request_retrain(redis)
 
     async def on_rollback(version: str | None) -> str:
         return await rollback(registry, redis, version)

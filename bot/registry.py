@@ -124,6 +124,10 @@ def _manifest(directory: Path, extra: dict[str, Any]) -> dict[str, Any]:
     return {"format": 1, "files": files, "added": time.time(), **extra}
 
 
+def _has_checkpoint_files(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in CHECKPOINT_FILES)
+
+
 def verify(directory: Path) -> None:
     """Raise :class:`ModelError` unless ``directory`` is a whole checkpoint whose files match
     its manifest (a directory without a manifest needs only the checkpoint files)."""
@@ -213,15 +217,15 @@ class ModelRegistry:
         return found
 
     def live(self) -> ModelVersion | None:
-        """The version named in ``LIVE``, else the newest published one, else the starter."""
+        """The version named in ``LIVE``, else the newest whole one, else the starter."""
         name = self._read_live()
         if name:
             found = self.find(name)
             if found is not None:
                 return found
             log.warning("LIVE names %s, which is not in %s", name, self.models_dir)
-        versions = self.versions()
-        return versions[-1] if versions else None
+        whole = [v for v in self.versions() if _has_checkpoint_files(v.path)]
+        return whole[-1] if whole else None
 
     def _read_live(self) -> str | None:
         try:

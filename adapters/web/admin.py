@@ -1,22 +1,23 @@
 """The admin dashboard: ``/admin`` and its JSON API under ``/admin/api/``.
 
-The page (``static/admin.html``) asks for the admin token in a form, keeps it in
-sessionStorage and sends it as ``Authorization: Bearer`` to ``/admin/api/*``, which compares it
-with ``web.admin_token`` in constant time. With no token configured the dashboard is disabled:
+The page (``static/admin.html``) asks for the admin token in a form (or takes it from the
+``#token=`` fragment of the login link ``parley run`` prints), keeps it in sessionStorage and
+sends it as ``Authorization: Bearer`` to ``/admin/api/*``, which compares it with
+``web.admin_token`` in constant time. With no token configured the dashboard is disabled:
 ``/admin/api/info`` says so and every other admin endpoint answers 403 with what to set.
 
 ``/admin/api/status`` gathers what an owner watches: the model versions (validation loss, loss
-curve), the live version, training progress (:data:`bot.keys.TRAIN_PROGRESS`, written by the
-trainer), queue depth per shard, engine workers alive, cache hit rate and tokens/s (from the
-engine heartbeats). Retrain and rollback call the callbacks given to the app factory; without
-one they answer 501.
+curve; the built-in starter model among them), the live version and whether there is one to
+roll back to, training progress (:data:`bot.keys.TRAIN_PROGRESS`, the trainer service's latest
+:class:`~bot.wire.JobUpdate`), queue depth per shard, engine workers alive, cache hit rate
+and tokens/s (from the engine heartbeats). Retrain and rollback call the callbacks given to
+the app factory; without one they answer 501.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -29,12 +30,14 @@ from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from adapters.web.chat import STATIC_DIR, ApiError, api_errors, decode_json, read_body
-from bot import keys
+from bot import keys, wire
 from bot.commands import RetrainCallback, RollbackCallback
 from bot.engines import Heartbeat, read_heartbeats
-from bot.errors import ParleyError, QueueError
+from bot.errors import ParleyError, QueueError, WireError
 from bot.redis import Redis
 from bot.registry import ModelRegistry, ModelVersion
+from bot.trainer.progress import describe
+from bot.wire import JobUpdate
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ def version_info(v: ModelVersion, live: str | None) -> dict[str, Any]:
         "val_loss": v.validation_loss,
         "metrics": v.metrics,
         "has_loss_plot": v.loss_plot is not None,
+        "builtin": v.builtin,
     }
 
 
@@ -137,11 +141,13 @@ async def training_progress(redis: Redis) -> dict[str, Any] | None:
     if not raw:
         return None
     try:
-        value = json.loads(raw)
-    except ValueError:
+        update = wire.decode_trainer_answer(raw if isinstance(raw, bytes) else raw.encode())
+    except WireError:
         log.warning("unreadable training progress in %s", keys.TRAIN_PROGRESS)
         return None
-    return value if isinstance(value, dict) else {"status": str(value)}
+    if not isinstance(update, JobUpdate):
+        return None
+    return {**msgspec.to_builtins(update), "text": describe(update)}
 
 
 class AdminRoutes:
@@ -192,6 +198,7 @@ class AdminRoutes:
         versions = await asyncio.to_thread(self.registry.versions)
         try:
             live = await self.registry.live_version(self.redis)
+            previous = await asyncio.to_thread(self.registry.previous, live)
             beats = self.token_rates.fill(await read_heartbeats(self.redis))
             depths = await queue_depths(self.redis, self.shards)
             progress = await training_progress(self.redis)
@@ -206,6 +213,7 @@ class AdminRoutes:
                 "queue": {"shards": depths, "total": sum(d["depth"] for d in depths)},
                 "engines": [engine_info(b, now) for b in beats],
                 "summary": engine_summary(beats, now),
+                "rollback_to": previous.version if previous else None,
                 "actions": {
                     "retrain": self.on_retrain is not None,
                     "rollback": self.on_rollback is not None,

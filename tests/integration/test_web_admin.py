@@ -3,7 +3,6 @@ retrain/rollback wiring."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,11 @@ from conftest_web import ADAPTER_ID, add_version, make_settings, tiny_png, write
 
 from adapters.web.admin import RetrainCallback, RollbackCallback
 from adapters.web.app import create_app
-from bot import keys
+from bot import keys, wire
 from bot.errors import ModelError
 from bot.registry import ModelRegistry
 from bot.settings import RedisSettings
+from bot.wire import JobUpdate
 
 TOKEN = "admin-secret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -104,9 +104,8 @@ async def test_wrong_or_missing_token_is_401(
 
 async def test_status_gathers_everything(make_client: ClientFactory, redis: aioredis.Redis) -> None:
     await redis.set(keys.LIVE_MODEL, "v2")
-    await redis.set(
-        keys.TRAIN_PROGRESS, json.dumps({"status": "training", "step": 30, "steps": 100})
-    )
+    progress = JobUpdate(job_id="j1", status="running", step=30, steps=100, loss=2.5)
+    await redis.set(keys.TRAIN_PROGRESS, wire.encode(progress))
     for _ in range(3):
         await redis.xadd(keys.request_stream(1), {keys.FIELD: b"x"})
     await write_heartbeat(
@@ -121,11 +120,15 @@ async def test_status_gathers_everything(make_client: ClientFactory, redis: aior
     status = await response.json()
     assert status["live_version"] == "v2"
     versions = {v["version"]: v for v in status["versions"]}
-    assert [v["version"] for v in status["versions"]] == ["v3", "v2", "v1"]
+    assert [v["version"] for v in status["versions"]] == ["v3", "v2", "v1", "starter"]
+    assert versions["starter"]["builtin"] is True and versions["starter"]["val_loss"] > 0
+    assert status["rollback_to"] == "v1"
     assert versions["v1"]["val_loss"] == 2.5 and versions["v1"]["has_loss_plot"] is True
     assert versions["v2"]["val_loss"] == 2.1 and versions["v2"]["live"] is True
     assert versions["v3"]["val_loss"] is None
-    assert status["training"] == {"status": "training", "step": 30, "steps": 100}
+    training = status["training"]
+    assert (training["status"], training["step"], training["steps"]) == ("running", 30, 100)
+    assert "step 30 of 100" in training["text"] and "loss 2.500" in training["text"]
     assert status["queue"]["total"] == 3
     assert status["queue"]["shards"][1] == {"shard": 1, "depth": 3, "dead": 0}
     summary = status["summary"]
