@@ -33,7 +33,7 @@ ALLOWED_UPDATES = ("message", "callback_query")
 """What Parley asks Telegram for: messages (in private chats and groups) and, since a stray
 inline button press must stop spinning, callback queries. No edits, channel posts, members."""
 BATCH_LIMIT = 100
-PAUSES_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 Accept = Callable[[Sequence[Update]], Awaitable[None]]
 

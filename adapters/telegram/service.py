@@ -50,6 +50,8 @@ def make_bot(settings: TelegramSettings) -> Bot:
     """The python-telegram-bot client for the configured token and Bot API base."""
     if settings.token is None:
         raise ConfigError("the Telegram adapter needs a bot token: set PARLEY_TELEGRAM__TOKEN")
+    # Time periods as timedelta (python-telegram-bot's coming default; the int form warns).
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
     return Bot(
         settings.token.get_secret_value(),
         base_url=settings.base_url,
@@ -75,6 +77,8 @@ async def serve(
 ) -> None:
     """Run the Telegram adapter until ``stop`` is set, then drain and return."""
     tg = settings.telegram
+    # httpx logs every request's URL at INFO, and a Bot API URL holds the token.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
     bot = make_bot(tg)
     try:
         await bot.initialize()  # getMe: checks the token
