@@ -65,12 +65,21 @@ class TrainerService:
         )
         self._backlog = True
 
-    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set; a running job is stopped and its requesters told."""
-        await self.archive.call(lambda a: a.total())  # open it now: a bad path fails start-up
+    async def start(self) -> None:
+        """Open the archive (a bad path fails here, at start-up) and the consumer groups."""
+        await self.archive.call(lambda a: a.total())
         await self.archiver.start()
         await ensure_group(self.redis, keys.TRAINER_REQUESTS)
         log.info("trainer %s: archiving to %s", self.consumer, self.settings.archive_file)
+
+    async def close(self) -> None:
+        """Stop a running job (its requesters are told) and close the archive."""
+        await self.jobs.close()
+        await self.archive.close()
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set; a running job is stopped and its requesters told."""
+        await self.start()
         if ready is not None:
             ready.set()
         tasks = [
@@ -81,8 +90,7 @@ class TrainerService:
             await stop.wait()
         finally:
             await cancel_and_wait(tasks)
-            await self.jobs.close()
-            await self.archive.close()
+            await self.close()
 
     async def _serve(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -41,11 +41,14 @@ from engine.train.data import (
     training_vocabulary,
 )
 from engine.train.evaluate import autocast_dtype, evaluate_loss
-from engine.train.loop import Trainer
-from engine.train.run import SPLIT_SEED, resolve_preset, train_config
+from engine.train.loop import TrainConfig, Trainer
+from engine.train.run import SPLIT_SEED, resolve_preset
 from engine.train.schedule import recipe_for
 
 log = logging.getLogger(__name__)
+
+WARM_LR_FACTOR = 1 / 3
+"""A warm start continues a trained model: a lower rate keeps more of what it knew."""
 
 
 class Reporter:
@@ -124,6 +127,26 @@ def starting_point(
     return build_model(preset_config(preset, tokenizer.vocab_size)), tokenizer, preset
 
 
+def job_config(spec: RetrainSpec, preset: str, arch: str, *, warm: bool) -> TrainConfig:
+    """The preset's recipe (its architecture's, for a preset without one), bounded by the
+    job's budget; a warm start fine-tunes at a third of the rate with a short warm-up."""
+    recipe = recipe_for(preset, arch)
+    eval_interval = recipe.eval_interval
+    if spec.max_steps:
+        eval_interval = max(1, min(eval_interval, spec.max_steps // 4 or 1))
+    return TrainConfig(
+        lr=recipe.lr * (WARM_LR_FACTOR if warm else 1.0),
+        batch_size=recipe.batch_size,
+        grad_accum=recipe.grad_accum,
+        warmup_steps=min(recipe.warmup_steps, 20) if warm else recipe.warmup_steps,
+        eval_interval=eval_interval,
+        budget_s=spec.budget_s,
+        max_steps=spec.max_steps,
+        seed=spec.seed,
+        progress_bar=False,
+    )
+
+
 def score_bpc(ckpt: Checkpoint, val_texts: list[str], spec: RetrainSpec) -> float:
     """Bits per character of ``ckpt`` on the held-out texts, through its own tokenizer."""
     cache = Path(spec.cache_dir) if spec.cache_dir else None
@@ -144,14 +167,7 @@ def run(spec: RetrainSpec, reporter: Reporter) -> None:
         val=encode_split(tokenizer, texts.val, cache),
         vocabulary=training_vocabulary(texts.train),
     )
-    cfg = train_config(
-        preset,
-        budget_s=spec.budget_s,
-        max_steps=spec.max_steps,
-        seed=spec.seed,
-        progress_bar=False,
-        eval_interval=max(1, min(250, spec.max_steps or 250)),
-    )
+    cfg = job_config(spec, preset, model.config.arch, warm=spec.warm_start and live is not None)
     provenance = {
         **texts.provenance,
         "warm_start_from": spec.live_version if spec.warm_start and live else None,
