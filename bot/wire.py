@@ -86,11 +86,17 @@ Request = ChatRequest | ControlRequest
 
 
 class Delta(_Message, frozen=True, tag="delta"):
-    """A piece of a reply being generated; ``text`` is appended to what came before."""
+    """A piece of a reply being generated; ``text`` is appended to what came before.
+
+    ``attempt`` (on every reply event) is the request's delivery count when the engine
+    answered it: a request reclaimed from a dead or stalled engine is answered again as a
+    higher attempt, and the adapter's client never joins two attempts' text
+    (:class:`bot.queue.ParleyClient`)."""
 
     request_id: str
     seq: int
     text: str
+    attempt: int = 1
 
 
 FinishReason = Literal["stop", "length", "done"]
@@ -109,6 +115,7 @@ class Done(_Message, frozen=True, tag="done"):
     ttft_ms: float = 0.0
     total_ms: float = 0.0
     model_version: str = ""
+    attempt: int = 1
 
 
 ErrorCode = Literal["busy", "bad_request", "internal", "unavailable"]
@@ -121,6 +128,7 @@ class Error(_Message, frozen=True, tag="error"):
     seq: int
     code: ErrorCode
     message: str
+    attempt: int = 1
 
 
 ReplyEvent = Delta | Done | Error

@@ -5,6 +5,11 @@ database of its own (one of 9..15, held with a file lock so two test runs on thi
 never flush each other's data), else an embedded valkey server started for the session.
 ``PARLEY_TEST_REDIS_URL`` forces a URL; ``PARLEY_TEST_EMBEDDED=1`` forces the embedded server.
 
+Secrets never reach the logs: for the whole session every log record (Parley's own loggers at
+DEBUG, the rest at INFO) is scanned for the tokens and keys the tests use (every ``SecretStr``
+made, see :mod:`tests.reliability.logscan`); one found fails the run, naming the test. The
+``secret_log`` fixture gives tests the scanner (to add a secret, or to scan a child's output).
+
 The ``redis`` fixture is an asyncio client on that database (made by :func:`bot.redis.connect`,
 as in production), flushed before and after each test. ``redis_settings`` are queue settings
 sized for tests (claims after 200 ms); ``make_chat`` builds :class:`ChatRequest` objects with
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import logging
 import os
 import socket
 import tempfile
@@ -29,6 +35,7 @@ from bot.embedded import EmbeddedRedis
 from bot.redis import connect
 from bot.settings import RedisSettings
 from bot.wire import ChatRequest
+from tests.reliability.logscan import SecretLog
 
 SYSTEM_REDIS = ("127.0.0.1", 6379)
 TEST_DBS = range(9, 16)
@@ -118,3 +125,31 @@ def make_chat() -> Callable[..., ChatRequest]:
         return ChatRequest(reply_to=reply_to, text=text, **fields)
 
     return make
+
+
+_SECRET_LOG = SecretLog()
+PARLEY_LOGGERS = ("bot", "adapters", "engine")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _SECRET_LOG.learn_secret_strs()
+    root = logging.getLogger()
+    root.addHandler(_SECRET_LOG)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    for name in PARLEY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SECRET_LOG.leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(_SECRET_LOG.report(), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def secret_log() -> SecretLog:
+    """The session's scan of log lines for test secrets."""
+    return _SECRET_LOG

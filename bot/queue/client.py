@@ -8,7 +8,11 @@ many requests in flight cost two coroutines, not two per request:
   and a lone request waits for no batch;
 - the *reader* blocks on the adapter's reply stream and routes each event to the mailbox of
   its request, dropping duplicates by ``(request_id, seq)`` (delivery is at-least-once
-  upstream) and events of requests this process does not know (it restarted).
+  upstream) and events of requests this process does not know (it restarted). A request
+  reclaimed from a dead or stalled engine is answered again as a higher ``attempt``: events
+  of an older attempt are dropped once a newer one is heard from, and once one attempt's
+  deltas were passed on, a later attempt's deltas are not (they would continue one text
+  with another); its final event, which carries the whole text, is.
 
 A request stream is bounded by ``max_stream_len``: the check and the append happen in one
 Lua script, so a full stream refuses the request at once (:class:`QueueFull`) instead of
@@ -76,12 +80,16 @@ class _Outbound:
 
 @dataclass(slots=True)
 class _Mailbox:
-    """Events of one request in flight, in arrival order, with the seqs already seen."""
+    """Events of one request in flight, in arrival order, with the seqs already seen (of
+    ``attempt``, the latest delivery attempt heard from) and the attempt whose deltas were
+    passed on (0: none yet)."""
 
     events: deque[ReplyEvent] = field(default_factory=deque)
     seen: set[int] = field(default_factory=set)
     waiter: asyncio.Future[None] | None = None
     last_seq: int = -1
+    attempt: int = 0
+    streamed: int = 0
 
     def put(self, event: ReplyEvent) -> None:
         self.events.append(event)
@@ -348,15 +356,42 @@ class ParleyClient:
                 "dropping %s event for unknown request %s", type(event).__name__, event.request_id
             )
             return
+        if not self._current_attempt(box, event):
+            return
         if event.seq in box.seen:
             log.debug("dropping duplicate event %s/%d", event.request_id, event.seq)
             return
         box.seen.add(event.seq)
         box.last_seq = max(box.last_seq, event.seq)
+        if isinstance(event, wire.Delta):
+            if box.streamed and box.streamed != event.attempt:
+                # Deltas of an earlier attempt were passed on; this attempt's would continue
+                # that text with another one's. Its final event carries its whole text.
+                return
+            box.streamed = event.attempt
         box.put(event)
         if wire.is_final(event):
             # Later copies of this request's events are now "unknown" and dropped.
             del self._mailboxes[event.request_id]
+
+    @staticmethod
+    def _current_attempt(box: _Mailbox, event: wire.ReplyEvent) -> bool:
+        """Whether ``event`` belongs to the latest attempt at its request (a reclaimed request
+        is answered again; the attempt it was taken from may still be writing)."""
+        if event.attempt < box.attempt:
+            log.debug("dropping event of stale attempt %d of %s", event.attempt, event.request_id)
+            return False
+        if event.attempt > box.attempt:
+            if box.attempt:
+                log.info(
+                    "request %s: attempt %d takes over from attempt %d",
+                    event.request_id,
+                    event.attempt,
+                    box.attempt,
+                )
+            box.attempt = event.attempt
+            box.seen.clear()  # each attempt numbers its events from 0
+        return True
 
 
 def _fail(batch: list[_Outbound], error: QueueError) -> None:

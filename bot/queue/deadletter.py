@@ -58,7 +58,7 @@ async def dead_letter(
             )
             _move(pipe, entry)
             if notify:
-                _answer_with_error(pipe, settings, entry.raw)
+                _answer_with_error(pipe, settings, entry.raw, entry.deliveries)
         try:
             await pipe.execute()
         except (RedisError, OSError) as e:
@@ -82,14 +82,20 @@ def _move(pipe: Pipeline, entry: DeadEntry) -> None:
     pipe.xdel(request_stream, entry.entry_id)
 
 
-def _answer_with_error(pipe: Pipeline, settings: RedisSettings, raw: bytes) -> None:
+def _answer_with_error(
+    pipe: Pipeline, settings: RedisSettings, raw: bytes, deliveries: int
+) -> None:
     try:
         request = wire.decode_request(raw)
     except WireError:
         return  # nobody to tell
     stream = keys.reply_stream(request.reply_to)
     event = Error(
-        request_id=request.id, seq=FINAL_ERROR_SEQ, code="internal", message=INTERNAL_MESSAGE
+        request_id=request.id,
+        seq=FINAL_ERROR_SEQ,
+        code="internal",
+        message=INTERNAL_MESSAGE,
+        attempt=deliveries,  # the last attempt: never taken for a stale one's event
     )
     pipe.xadd(
         stream,
