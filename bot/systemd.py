@@ -39,6 +39,7 @@ class Notifier:
         self.address = address
         self.watchdog_usec = watchdog_usec if address is not None else None
         self._sock: socket.socket | None = None
+        self._failing = False
 
     @classmethod
     def from_environment(
@@ -61,8 +62,8 @@ class Notifier:
         return None if self.watchdog_usec is None else self.watchdog_usec / 2e6
 
     def send(self, **fields: str) -> None:
-        """One notification (``send(READY="1", STATUS="serving")``). A failure is logged: a
-        service keeps serving when systemd cannot be told about it."""
+        """One notification (``send(READY="1", STATUS="serving")``). A failure is logged (the
+        first of a run of them): a service keeps serving when systemd cannot be told."""
         if self.address is None:
             return
         lines = (f"{key}={' '.join(value.splitlines())}" for key, value in fields.items())
@@ -72,7 +73,11 @@ class Notifier:
                 self._sock.setblocking(False)
             self._sock.sendto("\n".join(lines).encode(), self.address)
         except OSError as e:
-            log.warning("cannot notify systemd (%s): %s", ", ".join(fields), e)
+            if not self._failing:  # once per run of failures: a watchdog pings often
+                log.warning("cannot notify systemd (%s): %s", ", ".join(fields), e)
+            self._failing = True
+        else:
+            self._failing = False
 
     def ready(self, status: str) -> None:
         self.send(READY="1", STATUS=status)

@@ -144,3 +144,21 @@ def test_instance_port() -> None:
     assert instance_port(65000, 535, 0) == 65535
     with pytest.raises(ConfigError, match="past 65535"):
         instance_port(65000, 536, 0)
+
+
+async def test_a_run_of_failures_is_logged_once(
+    socket_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    notifier = Notifier(socket_path)
+    for _ in range(3):
+        notifier.ping()
+    assert caplog.text.count("cannot notify systemd") == 1
+    listener = Listener(socket_path)
+    try:
+        notifier.ping()  # a success ends the run
+        assert await listener.next() == {"WATCHDOG": "1"}
+    finally:
+        listener.sock.close()
+    Path(socket_path).unlink()
+    notifier.ping()
+    assert caplog.text.count("cannot notify systemd") == 2

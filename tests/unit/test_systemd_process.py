@@ -9,6 +9,7 @@ the installed ``parley`` command against the test Redis, the engine with a tiny 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -23,13 +24,10 @@ import aiohttp
 import pytest
 
 from tests.unit.engine_fixtures import tiny_checkpoint
-from tests.unit.test_systemd import Listener
 
 PARLEY = Path(sys.executable).parent / "parley"
 WATCHDOG_USEC = 100_000
 """A short watchdog period, so several pings arrive while a test watches."""
-EXIT_DRAIN_S = 5.0
-"""A bound on reading what an exited process had already sent."""
 STARTUP_S = 120.0
 """A bound on waiting, never an expectation: a loaded CI machine imports torch slowly."""
 
@@ -84,7 +82,12 @@ class ParleyProcess:
         self.workdir = workdir
         self.socket_dir = tempfile.TemporaryDirectory(prefix="sd-")
         self.notify_path = str(Path(self.socket_dir.name) / "notify")
-        self.notifications = Listener(self.notify_path)
+        self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_sock.bind(self.notify_path)
+        self.notify_sock.setblocking(False)
+        self.received: list[dict[str, str]] = []
+        self._consumed = 0
+        self._notifications: asyncio.Task[None] | None = None
         self.lines: list[str] = []
         self.changed = changed or asyncio.Condition()
         self.proc: asyncio.subprocess.Process | None = None
@@ -102,6 +105,7 @@ class ParleyProcess:
             stderr=asyncio.subprocess.PIPE,
         )
         self._reader = asyncio.create_task(self._read_lines())
+        self._notifications = asyncio.create_task(self._read_notifications())
         return self
 
     @property
@@ -133,19 +137,46 @@ class ParleyProcess:
 
         return await until(self.changed, check, timeout_s)
 
-    async def notified(self, key: str, timeout_s: float = STARTUP_S) -> list[dict[str, str]]:
-        """Notifications up to the first carrying ``key``; fails with the log if the process
-        exits first (what it sent before exiting is already queued on the socket)."""
-        assert self.proc is not None
-        received = asyncio.create_task(self.notifications.until(key, timeout_s))
-        exited = asyncio.create_task(self.proc.wait())
-        await asyncio.wait({received, exited}, return_when=asyncio.FIRST_COMPLETED)
-        exited.cancel()
+    def _drain_notifications(self) -> None:
+        """Read every datagram queued on the notify socket (a full queue would drop some)."""
+        while True:
+            try:
+                data = self.notify_sock.recv(4096)
+            except BlockingIOError:
+                return
+            self.received.append(dict(x.split("=", 1) for x in data.decode().split("\n")))
+
+    async def _read_notifications(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        loop.add_reader(self.notify_sock, ready.set)
         try:
-            async with asyncio.timeout(None if not exited.done() else EXIT_DRAIN_S):
-                return await received
-        except TimeoutError:
-            raise AssertionError(f"no {key}: {self.log()}") from None
+            while True:
+                await ready.wait()
+                ready.clear()
+                async with self.changed:
+                    self._drain_notifications()
+                    self.changed.notify_all()
+        finally:
+            loop.remove_reader(self.notify_sock)
+
+    async def notified(self, key: str, timeout_s: float = STARTUP_S) -> list[dict[str, str]]:
+        """The notifications since the last call up to the first carrying ``key``; fails with
+        the log if the process exits without sending it."""
+
+        def check() -> list[dict[str, str]] | None:
+            if self.exited:
+                self._drain_notifications()  # what it sent before exiting is queued
+            for i in range(self._consumed, len(self.received)):
+                if key in self.received[i]:
+                    seen = self.received[self._consumed : i + 1]
+                    self._consumed = i + 1
+                    return seen
+            if self.exited:
+                raise AssertionError(f"no {key}: {self.log()}")
+            return None
+
+        return await until(self.changed, check, timeout_s)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -165,7 +196,11 @@ class ParleyProcess:
             await self.proc.wait()
         if self._reader is not None:
             await self._reader
-        self.notifications.sock.close()
+        if self._notifications is not None:
+            self._notifications.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._notifications
+        self.notify_sock.close()
         self.socket_dir.cleanup()
 
 
