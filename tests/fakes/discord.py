@@ -105,6 +105,9 @@ class FakeDiscord:
         self.rate_limited: list[str] = []
         """``METHOD path`` of every request answered with an injected 429."""
         self.identifies = 0
+        """Sessions started (IDENTIFY accepted)."""
+        self.refused_intents = 0
+        """IDENTIFYs closed with 4014 (message content asked for but not allowed)."""
         self.resumes = 0
         self._session: _Session | None = None
         self._failures: list[_Failure] = []
@@ -368,6 +371,7 @@ class FakeDiscord:
             return
         intents = int(data.get("intents", 0))
         if intents & MESSAGE_CONTENT_INTENT and not self.message_content_allowed:
+            self.refused_intents += 1
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return
         session = _Session(f"session-{self.ids()}", intents, ws=ws, compressor=conn.compressor)

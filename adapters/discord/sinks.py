@@ -1,0 +1,80 @@
+"""Where a reply goes on Discord: a channel (as a reply to the user's message) or the
+follow-ups of a slash command. Both are :class:`adapters.pump.MessageSink` s.
+
+Every text is neutralised (``@everyone``/``@here`` broken) and sent with no allowed mentions,
+so nothing the model writes pings anyone. A message deleted while its reply streams (404) or
+out of reach (403) raises :class:`ReplyGone`, which ends that reply quietly.
+"""
+
+from __future__ import annotations
+
+import discord
+
+from adapters.discord.metrics import DiscordMetrics
+from adapters.discord.policy import neutralise
+from adapters.pump import ReplyGone
+
+NO_PINGS = discord.AllowedMentions.none()
+"""No user, role, @everyone/@here or replied-user ping, whatever the text says."""
+
+
+class ChannelSink:
+    """Posts a reply in the channel of the user's message; the first message references it."""
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        *,
+        reference: discord.Message | None,
+        metrics: DiscordMetrics,
+        adapter_id: str,
+    ) -> None:
+        self.channel = channel
+        self.reference = reference
+        self._sent = metrics.sent.labels(adapter_id)
+
+    async def send(self, text: str, *, first: bool) -> discord.Message:
+        content = neutralise(text)
+        if first and self.reference is not None:
+            # The reply still lands if the user deleted their message meanwhile.
+            ref = self.reference.to_reference(fail_if_not_exists=False)
+            message = await self.channel.send(content, reference=ref, allowed_mentions=NO_PINGS)
+        else:
+            message = await self.channel.send(content, allowed_mentions=NO_PINGS)
+        self._sent.inc()
+        return message
+
+    async def edit(self, handle: discord.Message, text: str) -> None:
+        try:
+            await handle.edit(content=neutralise(text), allowed_mentions=NO_PINGS)
+        except (discord.NotFound, discord.Forbidden) as e:
+            raise ReplyGone(str(e)) from e
+
+
+class FollowupSink:
+    """Answers a deferred slash command with follow-up messages (edited while it streams)."""
+
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        *,
+        ephemeral: bool,
+        metrics: DiscordMetrics,
+        adapter_id: str,
+    ) -> None:
+        self.interaction = interaction
+        self.ephemeral = ephemeral
+        self._sent = metrics.sent.labels(adapter_id)
+
+    async def send(self, text: str, *, first: bool) -> discord.Message:
+        message = await self.interaction.followup.send(
+            neutralise(text), wait=True, ephemeral=self.ephemeral, allowed_mentions=NO_PINGS
+        )
+        self._sent.inc()
+        return message
+
+    async def edit(self, handle: discord.Message, text: str) -> None:
+        try:
+            await handle.edit(content=neutralise(text), allowed_mentions=NO_PINGS)
+        except (discord.NotFound, discord.Forbidden) as e:
+            raise ReplyGone(str(e)) from e
