@@ -54,7 +54,10 @@ def _take(text: str, limit: int, measure: Measure) -> tuple[str, str]:
     start = head.rfind(fence)
     if start > budget // 4:  # the block starts late: move it whole to the next message
         return head[:start].rstrip(), text[start:]
-    return head + _CLOSE, fence + "\n" + rest
+    # Inside code, indentation matters: drop only the line break the cut fell on.
+    code = text[cut:]
+    code = code[1:] if code.startswith("\n") else code.lstrip(" ")
+    return head + _CLOSE, fence + "\n" + code
 
 
 def _fit(text: str, budget: int, measure: Measure) -> int:
