@@ -149,7 +149,7 @@ class DiscordSettings(_Section):
     max_message_chars: int = Field(2000, ge=1)
     """Longer user messages get a short refusal instead of an answer."""
     reply_timeout_s: float = Field(120.0, gt=0)
-    edit_interval_s: float = Field(1.0, ge=0.2)
+    edit_interval_s: float = Field(1.0, ge=0.1)
     """Least time between two edits of a streaming reply."""
     guild_ready_timeout_s: float = Field(2.0, gt=0)
     """At start-up, how long to wait for more guilds before the bot counts as ready."""
