@@ -21,6 +21,7 @@ import click
 
 from bot.errors import ParleyError
 from bot.settings import Settings
+from engine.quality.report import QualityReport
 from engine.train import ddp
 from engine.train.evaluate import EvalReport
 from engine.train.loop import TrainResult
@@ -197,19 +198,31 @@ def _print_summary(result: TrainResult) -> None:
 def eval_command(
     settings: Settings, checkpoint: Path, as_json: bool, data: tuple[str, ...], device: str
 ) -> None:
-    """Score a checkpoint: held-out loss, bits/char, and sampled replies."""
+    """Score a checkpoint: validation and test loss, R@1 of 10 on the test split, replies."""
     with clean_errors():
-        report = evaluate_checkpoint(settings, checkpoint, data, ddp.pick_device(device))
+        report, test = evaluate_checkpoint(settings, checkpoint, data, ddp.pick_device(device))
         if as_json:
-            click.echo(json.dumps({"checkpoint": str(checkpoint), **report.to_dict()}, indent=2))
+            merged = {"checkpoint": str(checkpoint), **test.to_dict(), **report.to_dict()}
+            click.echo(json.dumps(merged, indent=2))
         else:
-            _print_report(report)
+            _print_report(report, test)
 
 
-def _print_report(report: EvalReport) -> None:
+def _print_report(report: EvalReport, test: QualityReport) -> None:
     click.echo(f"val loss       {report.val_loss:.4f} nats/token ({report.val_tokens:,} tokens)")
     click.echo(f"val bpc        {report.val_bpc:.4f} bits/char")
-    click.echo(f"word validity  {100 * report.word_validity:.1f}%")
+    click.echo(f"test bpc       {_num(test.test_bpc, 4)} bits/char ({test.test_tokens:,} tokens)")
+    click.echo(
+        f"R@1 of 10      {_num(test.r_at_1, 3)} (PMI {_num(test.r_at_1_pmi, 3)}, TF-IDF floor "
+        f"{_num(test.r_at_1_tfidf, 3)}; {test.contexts} test contexts)"
+    )
+    click.echo(f"word validity  {100 * report.word_validity:.1f}% (strict)")
+    click.echo(f"reply length   {report.reply_chars:.1f} characters")
     click.echo(f"distinct-2     {report.distinct_2:.3f}")
     for sample in report.samples:
         click.echo(f"\n> {sample['prompt']}\n{sample['reply']}")
+
+
+def _num(value: float | None, digits: int) -> str:
+    """A figure, or "n/a" where the test split was too small to measure it."""
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -23,21 +23,17 @@ import math
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from engine.data import (
-    describe,
-    format_conversations,
-    load_sources,
-    split_conversations,
-    word_vocabulary,
-)
+from engine.data import describe, format_conversations, load_sources
 from engine.data.conversation import Conversation
+from engine.quality.splits import DEFAULT_TEST_FRACTION, split_three
+from engine.quality.words import strict_vocabulary, word_counts
 from engine.tokenizer import SPECIALS, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,11 +43,16 @@ _SPECIAL_RE = re.compile("|".join(re.escape(s) for s in SPECIALS))
 
 @dataclass(frozen=True)
 class TextSplits:
-    """Training and validation texts, and where they came from."""
+    """Training, validation and test texts, and where they came from.
+
+    ``val`` is for decisions (checkpoint selection, early stop, the publish gate); ``test``
+    is only ever reported (``parley eval``, ``bench/quality.py``).
+    """
 
     train: list[str]
     val: list[str]
     provenance: dict[str, object]
+    test: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TrainData:
     train: TokenSplit
     val: TokenSplit
     vocabulary: set[str]
-    """Every word of the training text, the reference for ``word_validity``."""
+    """The training text's strict vocabulary, the reference for ``word_validity``."""
 
 
 def load_texts(
@@ -82,27 +83,37 @@ def load_texts(
     opted_out: Sequence[str] = (),
     val_fraction: float = 0.05,
     split_seed: int = 0,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> TextSplits:
-    """Read the ``--data`` sources, split by conversation, and format both sides as text.
+    """Read the ``--data`` sources, split by conversation (:mod:`engine.quality.splits`:
+    train, validation, test), and format each side as text.
 
     Raises :class:`~bot.errors.DataError` (file and line) for a source it cannot read.
     """
     conversations: list[Conversation] = load_sources(specs, opted_out=opted_out)
-    train_c, val_c = split_conversations(conversations, val_fraction, split_seed)
-    train = format_conversations(train_c, include_bot=include_bot, min_turns=2)
-    val = format_conversations(val_c, include_bot=include_bot, min_turns=2)
+    sides = split_three(
+        conversations, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
+    )
+    train = format_conversations(sides.train, include_bot=include_bot, min_turns=2)
+    val = format_conversations(sides.validation, include_bot=include_bot, min_turns=2)
+    test = format_conversations(sides.test, include_bot=include_bot, min_turns=2)
     provenance: dict[str, object] = {
         "data": list(specs),
         "include_bot": include_bot,
         "opted_out_users": len(opted_out),
         "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
         "split_seed": split_seed,
-        "conversations": {"train": len(train_c), "val": len(val_c)},
-        "texts": {"train": len(train), "val": len(val)},
+        "conversations": {
+            "train": len(sides.train),
+            "val": len(sides.validation),
+            "test": len(sides.test),
+        },
+        "texts": {"train": len(train), "val": len(val), "test": len(test)},
         "characters": {"train": count_chars(train), "val": count_chars(val)},
         "sources": describe(conversations),
     }
-    return TextSplits(train, val, provenance)
+    return TextSplits(train, val, provenance, test)
 
 
 def count_chars(texts: Sequence[str]) -> int:
@@ -115,8 +126,9 @@ def count_chars(texts: Sequence[str]) -> int:
 
 
 def training_vocabulary(texts: Sequence[str]) -> set[str]:
-    """The words of the training texts, role markers removed."""
-    return word_vocabulary(_SPECIAL_RE.sub(" ", t) for t in texts)
+    """The strict vocabulary of the training texts (:mod:`engine.quality.words`): words
+    seen at least 3 times, short ones only if common; role markers removed."""
+    return set(strict_vocabulary(word_counts(texts)))
 
 
 def fit_tokenizer(kind: str, texts: Sequence[str], vocab_size: int) -> Tokenizer:

@@ -4,8 +4,9 @@ Bits per character (``total nats / ln 2 / characters``) is the number that compa
 character model with a BPE one: a BPE token covers ~3.6 characters, so its loss per token is
 naturally higher. Loss alone cannot tell fluent nonsense from language, so we also sample
 replies to fixed prompts (temperature 0.8, in the engine's prompt layout, stopping at
-``<|eot|>``) and measure ``word_validity`` (share of their words that occur in the training
-text) and ``distinct_2`` (share of distinct word bigrams: low means the model repeats itself).
+``<|eot|>``) and measure ``word_validity`` (share of their words in the training text's
+strict vocabulary, :mod:`engine.quality.words`), ``reply_chars`` (mean reply length) and
+``distinct_2`` (share of distinct word bigrams: low means the model repeats itself).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class EvalReport:
     val_tokens: int
     word_validity: float
     distinct_2: float
+    reply_chars: float
     samples: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,8 +153,10 @@ def sample_replies(
     temperature: float = 0.8,
     max_new_tokens: int | None = None,
     seed: int = 0,
+    history: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """``n`` replies to one user message, generated as one batch, each ending at ``<|eot|>``.
+    """``n`` replies to one user message after ``history`` (``(role, text)`` turns), generated
+    as one batch, each ending at ``<|eot|>``.
 
     ``max_new_tokens`` defaults to about 200 characters' worth (64 BPE tokens, 200 chars).
     A reply cut off there loses its last, possibly half-written, word: word validity must
@@ -162,7 +166,7 @@ def sample_replies(
     if max_new_tokens is None:
         max_new_tokens = _REPLY_TOKENS[tokenizer.kind]
     device, eot = model.device, tokenizer.eot_id
-    ids = tokenizer.encode(format_prompt([], prompt))
+    ids = tokenizer.encode(format_prompt(history, prompt))
     prompt_ids = torch.tensor([ids] * n, device=device)  # (n, P): same prompt in every row
     generators = [torch.Generator().manual_seed(seed * 7919 + i) for i in range(n)]
     t = torch.full((n,), temperature)
@@ -203,15 +207,17 @@ def evaluate_samples(
     prompts: Sequence[str] = PROMPTS,
     per_prompt: int = 4,
     seed: int = 0,
-) -> tuple[float, float, list[dict[str, str]]]:
-    """(word_validity, distinct_2, one sample per prompt) over ``per_prompt`` replies each."""
+) -> tuple[float, float, float, list[dict[str, str]]]:
+    """(word_validity, distinct_2, reply_chars, one sample per prompt) over ``per_prompt``
+    replies each."""
     replies: list[str] = []
     shown: list[dict[str, str]] = []
     for i, prompt in enumerate(prompts):
         got = sample_replies(model, tokenizer, prompt, n=per_prompt, seed=seed + i)
         replies.extend(got)
         shown.append({"prompt": prompt, "reply": got[0]})
-    return word_validity(replies, vocabulary), distinct_n(replies, 2), shown
+    reply_chars = sum(len(r) for r in replies) / len(replies) if replies else 0.0
+    return word_validity(replies, vocabulary), distinct_n(replies, 2), reply_chars, shown
 
 
 def evaluate_model(
@@ -226,7 +232,7 @@ def evaluate_model(
 ) -> EvalReport:
     """The full report ``parley eval`` prints and the trainer stores in metrics.json."""
     loss = evaluate_loss(model, val, amp_dtype=amp_dtype)
-    validity, distinct, samples = evaluate_samples(
+    validity, distinct, chars, samples = evaluate_samples(
         model, tokenizer, vocabulary, per_prompt=samples_per_prompt, seed=seed
     )
-    return EvalReport(loss.loss, loss.bpc, loss.tokens, validity, distinct, samples)
+    return EvalReport(loss.loss, loss.bpc, loss.tokens, validity, distinct, chars, samples)

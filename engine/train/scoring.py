@@ -1,7 +1,8 @@
 """Scoring saved checkpoints on held-out data, and publishing one to the model registry.
 
-Every score here is on the validation split of a fixed split seed (:data:`SPLIT_SEED`), so a
-new model and the live one are compared on the same held-out conversations.
+Every decision here is on the validation split of a fixed split seed (:data:`SPLIT_SEED`),
+so a new model and the live one are compared on the same held-out conversations. The test
+split is only reported (:func:`evaluate_checkpoint`, through :mod:`engine.quality.report`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 from bot.registry import ModelRegistry
 from bot.settings import Settings
 from engine.checkpoint import load_checkpoint
+from engine.quality.report import QualityReport, evaluate_test
+from engine.quality.splits import DEFAULT_TEST_FRACTION
 from engine.train.data import TokenSplit, encode_split, load_texts, training_vocabulary
 from engine.train.evaluate import EvalReport, autocast_dtype, evaluate_loss, evaluate_model
 from engine.train.run import SPLIT_SEED, RunOptions
@@ -24,8 +27,9 @@ log = logging.getLogger(__name__)
 
 def evaluate_checkpoint(
     settings: Settings, path: Path, data: tuple[str, ...], device: torch.device
-) -> EvalReport:
-    """The checkpoint scored on the validation split of the data it was trained on."""
+) -> tuple[EvalReport, QualityReport]:
+    """The checkpoint scored on the validation split of the data it was trained on, and on
+    its test split (loss and response selection, reported only)."""
     ckpt = load_checkpoint(path, device=device)
     prov = ckpt.provenance
     texts = load_texts(
@@ -34,15 +38,15 @@ def evaluate_checkpoint(
         opted_out=tuple(opted_out_users(settings)),
         val_fraction=float(prov.get("val_fraction", 0.05)),
         split_seed=int(prov.get("split_seed", 0)),
+        test_fraction=float(prov.get("test_fraction", DEFAULT_TEST_FRACTION)),
     )
-    val = encode_split(ckpt.tokenizer, texts.val, settings.data_dir / "cache")
-    return evaluate_model(
-        ckpt.model,
-        ckpt.tokenizer,
-        val,
-        training_vocabulary(texts.train),
-        amp_dtype=autocast_dtype(device, "auto"),
+    cache, amp_dtype = settings.data_dir / "cache", autocast_dtype(device, "auto")
+    val = encode_split(ckpt.tokenizer, texts.val, cache)
+    report = evaluate_model(
+        ckpt.model, ckpt.tokenizer, val, training_vocabulary(texts.train), amp_dtype=amp_dtype
     )
+    test = evaluate_test(ckpt.model, ckpt.tokenizer, texts, cache_dir=cache, amp_dtype=amp_dtype)
+    return report, test
 
 
 def publish(settings: Settings, checkpoint: Path, opts: RunOptions, device: torch.device) -> str:

@@ -37,7 +37,7 @@ def test_eval_json_has_the_keys(tmp_path: Path) -> None:
     )
     assert ran.exit_code == 0, ran.output
     report = json.loads(ran.output)
-    for key in ("val_bpc", "val_loss", "word_validity", "distinct_2", "samples"):
+    for key in ("val_bpc", "val_loss", "word_validity", "distinct_2", "reply_chars", "samples"):
         assert key in report, key
     assert 0.0 <= report["word_validity"] <= 1.0
     assert report["samples"][0]["prompt"] == "hi! how are you?"
