@@ -133,7 +133,10 @@ class FakeBotAPI:
         self.allowed_updates: list[str] | None = None
         self.violations: list[str] = []
         self.answered_callbacks: list[str] = []
+        self.conflicts = 0
+        """getUpdates calls ended by a newer one (two pollers of one token)."""
         self._updates: list[dict[str, Any]] = []
+        self._history: dict[int, dict[str, Any]] = {}
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
         self._failures: list[tuple[str, int | None, ApiError]] = []
@@ -141,6 +144,7 @@ class FakeBotAPI:
         self._flood_until: dict[int, float] = {}
         self._changed = asyncio.Condition()
         self._poller: asyncio.Future[None] | None = None
+        self._poller_transport: asyncio.BaseTransport | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -149,7 +153,10 @@ class FakeBotAPI:
     async def start(self) -> FakeBotAPI:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # A poller that hung up ends its getUpdates here too (as it does at Telegram).
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -177,9 +184,19 @@ class FakeBotAPI:
     def add_update(self, body: dict[str, Any]) -> int:
         """Queue an update (``{"message": {...}}`` and the like); returns its update_id."""
         update_id = next(self._update_ids)
-        self._updates.append({"update_id": update_id, **body})
+        update = {"update_id": update_id, **body}
+        self._updates.append(update)
+        self._history[update_id] = update
         self._notify()
         return update_id
+
+    def redeliver(self, update_id: int) -> None:
+        """Deliver an update again, as Telegram does when its offset was never confirmed."""
+        self._updates = [self._history[update_id]] + [
+            u for u in self._updates if u["update_id"] != update_id
+        ]
+        self.confirmed_below = min(self.confirmed_below, update_id)
+        self._notify()
 
     def message(
         self,
@@ -262,6 +279,7 @@ class FakeBotAPI:
         method = request.match_info["method"]
         params = await _params(request)
         self.calls.append((method, params))
+        self._notify()
         try:
             handler = getattr(self, f"_api_{method}", None)
             if handler is None:
@@ -269,6 +287,8 @@ class FakeBotAPI:
             failure = self._take_failure(method, params)
             if failure is not None:
                 return _answer_error(failure)
+            if method == "getUpdates":
+                return _answer(await self._get_updates(params, request.transport))
             return _answer(await handler(params))
         except _Fail as e:
             return _answer_error(e.error)
@@ -379,6 +399,11 @@ class FakeBotAPI:
         return self._message_json(sent)
 
     async def _api_getUpdates(self, params: dict[str, Any]) -> Any:
+        return await self._get_updates(params, None)
+
+    async def _get_updates(
+        self, params: dict[str, Any], transport: asyncio.BaseTransport | None
+    ) -> Any:
         if self.webhook is not None:
             raise _Fail(
                 ApiError(
@@ -388,7 +413,11 @@ class FakeBotAPI:
                 )
             )
         if self._poller is not None and not self._poller.done():
-            self._poller.set_exception(_Fail(CONFLICT))
+            if self._poller_transport is None or self._poller_transport.is_closing():
+                self._poller.set_result(None)  # its client hung up; no one to conflict with
+            else:
+                self.conflicts += 1
+                self._poller.set_exception(_Fail(CONFLICT))
         offset = int(params.get("offset", 0))
         if offset:
             self.confirmed_below = max(self.confirmed_below, offset)
@@ -400,6 +429,7 @@ class FakeBotAPI:
         timeout_s = float(params.get("timeout", 0))
         if not self._pending() and timeout_s > 0:
             poller = self._poller = asyncio.get_running_loop().create_future()
+            self._poller_transport = transport
             waiter = asyncio.create_task(self.wait_for(self._pending, timeout_s))
             try:
                 await asyncio.wait({poller, waiter}, return_when=asyncio.FIRST_COMPLETED)

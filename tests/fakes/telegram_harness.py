@@ -75,3 +75,57 @@ async def handled(fake: FakeBotAPI, update_id: int) -> None:
     """Until the adapter has confirmed ``update_id`` (asked getUpdates for a later offset):
     by then it has finished deciding what to do with it."""
     await fake.wait_for(lambda: fake.confirmed_below > update_id)
+
+
+class FreezableProxy:
+    """A TCP proxy to Redis that can stop passing the client's commands on.
+
+    While frozen, what clients send is held back (never forwarded, dropped at close), and
+    :attr:`held_marker` is set once the held bytes contain one of ``markers``: the process on
+    the other side is then stuck at a command that names it.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, markers: tuple[bytes, ...]) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.markers = markers
+        self.frozen = False
+        self.held_marker = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> FreezableProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers += [writer, up_writer]
+        held = bytearray()
+
+        async def client_to_server() -> None:
+            while data := await reader.read(65536):
+                if self.frozen:
+                    held.extend(data)
+                    if any(marker in held for marker in self.markers):
+                        self.held_marker.set()
+                    continue
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def server_to_client() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(client_to_server(), server_to_client())
+        for w in (writer, up_writer):
+            w.close()
