@@ -68,8 +68,16 @@ def adapter_settings(world: World, **overrides: Any) -> DiscordSettings:
     return DiscordSettings(**fields)
 
 
+@dataclass
+class Running:
+    """A running adapter: its task, and the event that stops it (as a signal would)."""
+
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+
 @contextlib.asynccontextmanager
-async def running_adapter(settings: Settings, redis: Redis) -> AsyncIterator[asyncio.Task[None]]:
+async def running_adapter(settings: Settings, redis: Redis) -> AsyncIterator[Running]:
     """Run the Discord adapter until the block ends; fails fast if it cannot start."""
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(settings, redis, stop, ready=ready), name="discord-adapter")
@@ -82,7 +90,7 @@ async def running_adapter(settings: Settings, redis: Redis) -> AsyncIterator[asy
         task.cancel()
         raise TimeoutError("the Discord adapter did not become ready")
     try:
-        yield task
+        yield Running(task, stop)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

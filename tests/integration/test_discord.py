@@ -23,6 +23,7 @@ from bot import keys
 from bot.commands import COMMANDS
 from bot.errors import QueueError
 from bot.queue import Delivery, Outgoing, RequestConsumer, cancel_and_wait
+from bot.queue.client import BUSY_MESSAGE
 from bot.registry import ModelRegistry
 from bot.settings import LearningSettings, RedisSettings, Settings
 from bot.trainer.service import TrainerService
@@ -334,6 +335,17 @@ async def test_an_over_long_message_gets_a_short_answer(
     assert echo_engine.served == []
 
 
+async def test_a_full_queue_is_answered_busy_at_once(fake, world, redis, tmp_path) -> None:
+    small = RedisSettings(shards=1, max_stream_len=10, claim_idle_ms=200, reply_stream_ttl_s=60)
+    for n in range(10):  # a backlog no engine is reading
+        await redis.xadd(keys.request_stream(0), {keys.FIELD: f"queued {n}"})
+    settings = settings_for(world, small, tmp_path)
+    async with running_adapter(settings, redis):
+        asked = await fake.say(world.alice, world.general, "anyone?", mention_bot=True)
+        reply = await reply_to(fake, asked)
+    assert reply.text == BUSY_MESSAGE
+
+
 # -- exactly one reply -------------------------------------------------------------------------
 
 
@@ -383,6 +395,23 @@ async def test_a_reply_whose_message_was_deleted_ends_quietly(
         await reply_to(fake, later, final=text)
     assert shown.texts == ["A reply"] and len(fake.replies_to(asked)) == 1
     assert metric("parley_discord_errors_total", settings, kind="handler") == 0
+
+
+async def test_stopping_lets_the_reply_in_flight_finish(
+    fake, world, redis, redis_settings, tmp_path
+) -> None:
+    text = "Begun before the stop, finished after it."
+    settings = settings_for(world, redis_settings, tmp_path)
+    async with (
+        GatedEngine(redis, redis_settings, text, first="Begun") as engine,
+        running_adapter(settings, redis) as adapter,
+    ):
+        asked = await fake.say(world.alice, world.general, "quick!", mention_bot=True)
+        await reply_to(fake, asked, final="Begun")
+        adapter.stop.set()  # SIGTERM, as parley handles it
+        engine.release.set()
+        await asyncio.wait_for(adapter.task, 30)  # serve returns once the reply is out
+        assert fake.replies_to(asked)[0].text == text
 
 
 # -- limits ------------------------------------------------------------------------------------
