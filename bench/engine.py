@@ -178,9 +178,7 @@ def drive(s: Scheduler, works: list[Work], concurrency: int) -> list[Finished]:
         while todo and in_flight < concurrency:
             s.submit(todo.pop())
             in_flight += 1
-        s.step_once()
-        finished = [o for o in s._outputs if isinstance(o, Finished)]
-        s._outputs = []
+        finished = [o for o in s.step_once() if isinstance(o, Finished)]
         done += finished
         in_flight -= len(finished)
     return done
@@ -192,7 +190,7 @@ def engine_tokens_per_s(
     works = [chat_work(i, sampling=sampling) for i in range(n)]
     start = time.perf_counter()
     done = drive(s, works, concurrency)
-    return sum(f.done.completion_tokens for f in done) / (time.perf_counter() - start)
+    return sum(f.reply.completion_tokens for f in done) / (time.perf_counter() - start)
 
 
 # -- the one-request-at-a-time baselines ----------------------------------------------------------
@@ -337,13 +335,13 @@ def followup_ttft_ms(ckpt: Checkpoint, sizes: Sizes) -> tuple[float, float]:
         s = scheduler_for(ckpt, 16, None)
         # The first exchange leaves the conversation's state in the cache...
         first = drive(s, [chat_work(i, "hello!", history, greedy, conv)], 1)[0]
-        history2 = (*history, Turn("user", "hello!"), Turn("bot", first.done.text))
+        history2 = (*history, Turn("user", "hello!"), Turn("bot", first.reply.text))
         follow = chat_work(i, "and then?", history2, greedy, conv)
-        cached_ms.append(drive(s, [follow], 1)[0].done.ttft_ms)
+        cached_ms.append(drive(s, [follow], 1)[0].reply.ttft_ms)
         # ...which a fresh engine does not have: it recomputes from the stored history.
         fresh = scheduler_for(ckpt, 16, None)
         fresh_ms.append(
-            drive(fresh, [chat_work(i, "and then?", history2, greedy, conv)], 1)[0].done.ttft_ms
+            drive(fresh, [chat_work(i, "and then?", history2, greedy, conv)], 1)[0].reply.ttft_ms
         )
     return min(cached_ms), min(fresh_ms)
 

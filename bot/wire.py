@@ -217,6 +217,40 @@ class JobUpdate(_Message, frozen=True, tag="job", omit_defaults=True):
     time: float = 0.0
 
 
+# --- Engine heartbeats (bot/engines) ---------------------------------------------------------
+
+HEARTBEAT_FRESH_S = 10.0
+"""An engine whose last heartbeat is older than this is taken for dead."""
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """An engine worker's report of itself, every few seconds, in :data:`bot.keys.ENGINES`.
+
+    Encoded as JSON (:func:`encode_heartbeat`) so ``redis-cli HGETALL parley:engines`` stays
+    readable; fields a reader does not know are ignored.
+    """
+
+    worker: str
+    time: float
+    """Unix time of the report."""
+    model_version: str = ""
+    running: int = 0
+    waiting: int = 0
+    tokens_per_s: float = 0.0
+    tokens_generated: int | None = None
+    """A running total; the dashboard derives tokens/s from it when ``tokens_per_s`` is 0."""
+    cache_hits: int = 0
+    cache_queries: int = 0
+    cache_bytes: int = 0
+    v: int = WIRE_VERSION
+
+    def age_s(self, now: float) -> float:
+        return max(0.0, now - self.time)
+
+    def alive(self, now: float) -> bool:
+        return self.age_s(now) < HEARTBEAT_FRESH_S
+
+
 _M = TypeVar("_M", bound=_Message)
 
 _encoder = msgspec.msgpack.Encoder()
@@ -321,3 +355,23 @@ def decode_turn(data: bytes) -> Turn:
         return _turn_decoder.decode(data)
     except msgspec.DecodeError as e:
         raise WireError(f"malformed stored turn: {e}") from e
+
+
+def encode_heartbeat(beat: Heartbeat) -> bytes:
+    """Encode an engine heartbeat (JSON)."""
+    return _json_encoder.encode(beat)
+
+
+def decode_heartbeat(data: bytes | str) -> Heartbeat:
+    """Decode an engine heartbeat, or raise :class:`WireError`."""
+    try:
+        beat = _heartbeat_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise WireError(f"malformed heartbeat: {e}") from e
+    if beat.v > WIRE_VERSION:
+        raise WireError(f"heartbeat version {beat.v} is newer than supported {WIRE_VERSION}")
+    return beat
+
+
+_json_encoder = msgspec.json.Encoder()
+_heartbeat_decoder = msgspec.json.Decoder(Heartbeat)

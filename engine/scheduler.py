@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bot.settings import EngineSettings, SamplingSettings
-from bot.wire import Done, Error, FinishReason
+from bot.wire import FinishReason
 from engine.cache import CacheEntry, ContextCache, deserialize_entry, serialize_entry
 from engine.checkpoint import Checkpoint
 from engine.data.formatting import clean_text
@@ -42,7 +42,19 @@ from engine.metrics import EngineMetrics
 from engine.models import SeqState
 from engine.prompt import build_prompt
 from engine.sampler import RowSampler, SamplingParams, sample_next
-from engine.work import Applied, Control, Failed, Finished, Output, Progress, Spill, Stats, Work
+from engine.work import (
+    Applied,
+    Control,
+    Failed,
+    Failure,
+    Finished,
+    Output,
+    Progress,
+    Reply,
+    Spill,
+    Stats,
+    Work,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,21 +183,30 @@ class Scheduler:
     # -- the torch thread ----------------------------------------------------------------
 
     def run(self, emit: Callable[[list[Output]], None], stop: threading.Event) -> None:
+        """Step until ``stop`` is set, handing each step's outputs to ``emit``."""
         try:
             while not stop.is_set():
-                try:
-                    self.step_once()
-                except Exception:  # one bad step must not kill the engine
-                    log.exception("model step failed; failing the running requests")
-                    self._fail_all("internal", "Something went wrong generating this reply.")
-                if self._outputs:
-                    emit(self._outputs)
-                    self._outputs = []
+                outputs = self.step_once()
+                if outputs:
+                    emit(outputs)
         finally:
             self.metrics.close()
 
-    def step_once(self) -> None:
-        """One scheduling iteration (public for tests that drive the scheduler directly)."""
+    def step_once(self) -> list[Output]:
+        """One scheduling iteration; returns what it produced, in order.
+
+        A step that raises fails the requests running in it (one bad step must not kill the
+        engine); waiting requests are untouched.
+        """
+        try:
+            self._step()
+        except Exception:
+            log.exception("model step failed; failing the running requests")
+            self._fail_all("step_failed", "")
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def _step(self) -> None:
         self._take_inbox(block=not self._busy)
         with torch.inference_mode():
             self._apply_swap()
@@ -227,7 +248,7 @@ class Scheduler:
             # Conversation keys end in the user id (platform:chat:user).
             self._cache.drop_where(lambda conv: conv.endswith(f":{req.user}"))
         # A spilled copy in Redis is deleted by the worker along with the history.
-        self._outputs.append(Applied(control, _CONTROL_MESSAGES[control.request.command]))
+        self._outputs.append(Applied(control))
 
     def _apply_swap(self) -> None:
         with self._swap_lock:
@@ -258,11 +279,11 @@ class Scheduler:
             try:
                 seq = self._start(work)
             except ValueError as e:  # the message itself is unusable (e.g. empty once cleaned)
-                self._fail(work, "bad_request", f"Can't answer that: {e}.")
+                self._outputs.append(Failed(work, "unusable", str(e)))
                 continue
             except Exception:
                 log.exception("could not start request %s", work.request.id)
-                self._fail(work, "internal", "Something went wrong reading this message.")
+                self._outputs.append(Failed(work, "start_failed"))
                 continue
             if work.received_s:
                 self.metrics.queued(max(0.0, seq.started_s - work.received_s))
@@ -428,9 +449,9 @@ class Scheduler:
             self._cache.put(
                 seq.conversation, CacheEntry(ckpt.version, seq.prompt_text + consumed, state)
             )
-        self._outputs.append(Finished(seq.work, self._done(seq, reply)))
+        self._outputs.append(Finished(seq.work, self._reply(seq, reply)))
 
-    def _done(self, seq: _Sequence, reply: str) -> Done:
+    def _reply(self, seq: _Sequence, text: str) -> Reply:
         now = time.monotonic()
         work = seq.work
         first = seq.first_token_s or now
@@ -439,10 +460,8 @@ class Scheduler:
         self.metrics.finished(
             reason, first - arrived, now - arrived, len(seq.generated), now - first
         )
-        return Done(
-            request_id=work.request.id,
-            seq=0,
-            text=reply,
+        return Reply(
+            text=text,
             finish_reason=reason,
             prompt_tokens=seq.prompt_tokens,
             completion_tokens=len(seq.generated),
@@ -454,14 +473,10 @@ class Scheduler:
 
     # -- failures, spills, stats ---------------------------------------------------------
 
-    def _fail(self, work: Work, code: str, message: str) -> None:
-        error = Error(request_id=work.request.id, seq=0, code=code, message=message)  # type: ignore[arg-type]
-        self._outputs.append(Failed(work, error))
-
-    def _fail_all(self, code: str, message: str) -> None:
+    def _fail_all(self, failure: Failure, detail: str) -> None:
         for m in (*self._old_models, self._model):
             for seq in (*m.prefilling, *m.rows):
-                self._fail(seq.work, code, message)
+                self._outputs.append(Failed(seq.work, failure, detail))
             m.prefilling.clear()
             m.rows.clear()
             m.prefill.clear()
@@ -478,14 +493,8 @@ class Scheduler:
         self.stats.cache_hits = self._cache.hits
         self.stats.cache_queries = self._cache.queries
         self.stats.model_version = self._model.version
-        self.stats.extra["cache_bytes"] = float(self._cache.nbytes)
+        self.stats.cache_bytes = self._cache.nbytes
         self.metrics.set_load(running, waiting, self._cache.nbytes)
-
-
-_CONTROL_MESSAGES = {
-    "reset": "Conversation reset: I've forgotten what we talked about.",
-    "forget": "Done: everything stored about you has been deleted.",
-}
 
 
 def _remove_row(batch: SlotBatch, seqs: list[_Sequence], seq: _Sequence) -> int | None:

@@ -8,10 +8,11 @@ calls Redis, the event loop never runs a model step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 from bot.queue import Delivery
-from bot.wire import ChatRequest, ControlRequest, Done, Error, Turn
+from bot.wire import ChatRequest, ControlRequest, FinishReason, Turn
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,40 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """A finished reply: its text, token counts and timings (the worker makes the event)."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    queue_ms: float
+    ttft_ms: float
+    total_ms: float
+    model_version: str
+
+
+@dataclass(frozen=True)
 class Finished:
-    """``work`` is answered; ``done`` is its final event (seq filled in by the worker)."""
+    """``work`` is answered with ``reply``."""
 
     work: Work
-    done: Done
+    reply: Reply
+
+
+Failure = Literal["unusable", "start_failed", "step_failed"]
+"""Why the torch thread could not answer: the message itself is unusable (e.g. empty once
+cleaned), reading it into the model failed, or a model step failed. The worker turns each
+into the user's error event (:mod:`engine.replies`)."""
 
 
 @dataclass(frozen=True)
 class Failed:
-    """``work`` could not be answered; ``error`` is for the user."""
+    """``work`` could not be answered, because of ``failure``; ``detail`` says what exactly."""
 
-    work: Work | Control
-    error: Error
+    work: Work
+    failure: Failure
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,10 +92,10 @@ class Spill:
 
 @dataclass(frozen=True)
 class Applied:
-    """A control request was applied; the worker answers and acknowledges it."""
+    """The torch thread dropped what it caches for a control request; the worker deletes
+    what the store holds, then answers and acknowledges it."""
 
     control: Control
-    message: str
 
 
 Output = Progress | Finished | Failed | Spill | Applied
@@ -89,4 +111,4 @@ class Stats:
     cache_hits: int = 0
     cache_queries: int = 0
     model_version: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
+    cache_bytes: int = 0

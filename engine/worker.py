@@ -1,40 +1,50 @@
-"""The engine worker's event-loop side: queue in, Redis out, the model in its own thread.
+"""The engine worker: requests from the queue, replies to it, the model in its own thread.
 
-A request's path through the worker::
+A request's path through the worker, one named step each::
 
-    read (XREADGROUP) -> hold back while its conversation has one in flight
-      -> prepare (history + spilled state from Redis) -> scheduler (torch thread)
-      -> outputs -> events (delta / done / error) -> write (reply stream + log + ack)
+    read      RequestConsumer.read                     -> deliveries
+    admit     one request per conversation at a time   -> ready (the rest held, or refused)
+    prepare   ConversationStore.load                   -> Work (request, history, spilled state)
+    schedule  Scheduler, in the torch thread           -> outputs (progress, finished, failed…)
+    write     ReplyEvents.batch, then one transaction  -> reply events, log, history, acks
+    release   Admission.release                        -> the conversation's next held request
 
-The torch thread never calls Redis and this loop never runs a model step.
+Redis is reached only through ``bot/``: the queue (:class:`RequestConsumer`), the
+conversation store (:class:`ConversationStore`) and the heartbeats (:mod:`bot.engines`), all
+of which raise :class:`QueueError`. The torch thread never calls Redis and this loop never
+runs a model step. A batch whose write fails still releases its conversations; its requests
+stay pending in Redis and are handed out again by the consumer's next claim pass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
+import contextlib
 import logging
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot import keys
-from bot.queue import Delivery, Outgoing, RequestConsumer, cancel_and_wait
+from bot import engines
+from bot.errors import QueueError
+from bot.queue import Delivery, RequestConsumer, cancel_and_wait
 from bot.settings import Settings
 from bot.store import ConversationStore
-from bot.wire import ChatRequest, Delta, Done, Error, Exchange, ReplyEvent, Turn
+from bot.wire import ChatRequest, Heartbeat
+from engine.admission import Admission
+from engine.events import Batch, ReplyEvents
 from engine.scheduler import Scheduler
-from engine.work import Applied, Control, Failed, Finished, Output, Progress, Spill, Work
+from engine.work import Control, Finished, Output, Work
 
 log = logging.getLogger(__name__)
 
-BUSY_MESSAGE = "Parley is busy right now — please try again in a moment."
+READ_RETRY_S = 1.0
+"""Pause after a failed read before the next (Redis restarting, say)."""
+DRAIN_TIMEOUT_S = 30.0
+"""How long a stopping worker waits for the replies in flight."""
 
 
 class EngineWorker:
@@ -54,159 +64,153 @@ class EngineWorker:
         self._scheduler = scheduler
         self._worker_id = worker_id
         self._store = ConversationStore(redis, ttl_s=settings.engine.state_ttl_s)
+        self._admission = Admission(settings.engine.max_batch + settings.engine.max_waiting)
+        self._events = ReplyEvents()
         self._outputs: asyncio.Queue[list[Output]] = asyncio.Queue()
-        self._seq: dict[str, int] = {}
-        self._in_flight: dict[str, str] = {}  # conversation -> request id
-        self._held: dict[str, deque[Delivery]] = defaultdict(deque)
-        self._held_count = 0
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight) + self._held_count
+        """Requests read and not yet answered (running or held)."""
+        return self._admission.in_flight
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then drain what is in flight and return."""
         await self._consumer.ensure_groups()
-        loop = asyncio.get_running_loop()
         torch_stop = threading.Event()
-
-        def emit(outputs: list[Output]) -> None:
-            loop.call_soon_threadsafe(self._outputs.put_nowait, outputs)
-
-        torch_thread = threading.Thread(
-            target=self._scheduler.run, args=(emit, torch_stop), name="parley-torch", daemon=True
-        )
-        torch_thread.start()
+        torch_thread = self._start_torch_thread(torch_stop)
         writer = asyncio.create_task(self._write_loop(), name="engine-writer")
         heartbeat = asyncio.create_task(self._heartbeat_loop(stop), name="engine-heartbeat")
         try:
             await self._read_loop(stop)
-            await self._drain(timeout_s=30.0)
+            if not await self._admission.wait_idle(DRAIN_TIMEOUT_S):
+                log.warning("stopping with %d requests unanswered (reclaimable)", self.in_flight)
         finally:
             torch_stop.set()
             await asyncio.to_thread(torch_thread.join, 10.0)
             await cancel_and_wait([writer, heartbeat])
-            await self._redis.hdel(keys.ENGINES, self._worker_id)
+            try:
+                await engines.clear_heartbeat(self._redis, self._worker_id)
+            except QueueError as e:
+                log.warning("%s", e)
 
-    # -- reading -----------------------------------------------------------------------
+    def _start_torch_thread(self, stop: threading.Event) -> threading.Thread:
+        loop = asyncio.get_running_loop()
+
+        def emit(outputs: list[Output]) -> None:
+            loop.call_soon_threadsafe(self._outputs.put_nowait, outputs)
+
+        thread = threading.Thread(
+            target=self._scheduler.run, args=(emit, stop), name="parley-torch", daemon=True
+        )
+        thread.start()
+        return thread
+
+    # -- read and admit ----------------------------------------------------------------
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
-        limit = self._settings.engine.max_batch + self._settings.engine.max_waiting
+        count = max(1, min(256, self._admission.limit))
         while not stop.is_set():
             try:
                 deliveries = await self._consumer.read(
-                    count=max(1, min(256, limit)), block_ms=self._settings.engine.read_block_ms
+                    count=count, block_ms=self._settings.engine.read_block_ms
                 )
-            except Exception:
-                log.exception("reading requests failed; retrying")
-                await asyncio.sleep(1.0)
+            except QueueError as e:
+                log.warning("reading requests failed (%s); retrying", e)
+                await asyncio.sleep(READ_RETRY_S)
                 continue
             if deliveries:
-                await self._admit(deliveries, limit)
+                await self._admit(deliveries)
 
-    async def _admit(self, deliveries: Sequence[Delivery], limit: int) -> None:
-        ready: list[Delivery] = []
-        busy: list[Delivery] = []
-        for d in deliveries:
-            conv = d.request.conversation
-            if self.in_flight >= limit:
-                busy.append(d)
-            elif conv in self._in_flight:
-                self._held[conv].append(d)  # one request in flight per conversation
-                self._held_count += 1
-            else:
-                self._in_flight[conv] = d.request.id
-                ready.append(d)
-        if busy:
-            await self._consumer.write([self._error_out(d, "busy", BUSY_MESSAGE) for d in busy])
-        if ready:
-            await self._dispatch(ready)
+    async def _admit(self, deliveries: Sequence[Delivery]) -> None:
+        admitted = self._admission.admit(deliveries)
+        if admitted.refused:
+            busy = [self._events.busy(d) for d in admitted.refused]
+            try:
+                await self._consumer.write(busy)
+            except QueueError as e:
+                log.warning("answering %d requests busy failed (%s)", len(busy), e)
+            for d in admitted.refused:
+                self._events.end(d.request.id)
+        if admitted.ready:
+            await self._prepare_and_schedule(admitted.ready)
 
-    async def _dispatch(self, deliveries: Sequence[Delivery]) -> None:
-        """Fetch what each request needs from Redis, then hand it to the torch thread."""
+    # -- prepare and schedule ----------------------------------------------------------
+
+    async def _prepare_and_schedule(self, deliveries: Sequence[Delivery]) -> None:
+        try:
+            items = await self._prepare(deliveries)
+        except QueueError as e:
+            log.warning("preparing %d requests failed (%s); left for reclaim", len(deliveries), e)
+            self._consumer.forget(deliveries)
+            await self._release(deliveries)
+            return
+        for item in items:
+            self._scheduler.submit(item)
+
+    async def _prepare(self, deliveries: Sequence[Delivery]) -> list[Work | Control]:
+        """Each request with what the model needs: the stored history and spilled state."""
         chats = [d for d in deliveries if isinstance(d.request, ChatRequest)]
-        prepared = await self._prepare(chats)
-        received = time.monotonic()
+        stored = await self._store.load([d.request.conversation for d in chats])
+        received_s = time.monotonic()
+        items: list[Work | Control] = []
         for d in deliveries:
             req = d.request
             if isinstance(req, ChatRequest):
-                history, spilled = prepared[req.id]
-                self._scheduler.submit(Work(d, req, history, spilled, received))
+                conv = stored[req.conversation]
+                history = req.history if req.history is not None else conv.history
+                items.append(Work(d, req, history, conv.spilled, received_s))
             else:
-                self._scheduler.submit(Control(d, req))
+                items.append(Control(d, req))
+        return items
 
-    async def _prepare(
-        self, deliveries: Sequence[Delivery]
-    ) -> dict[str, tuple[tuple[Turn, ...], bytes | None]]:
-        stored = await self._store.load([d.request.conversation for d in deliveries])
-        prepared: dict[str, tuple[tuple[Turn, ...], bytes | None]] = {}
-        for d in deliveries:
-            req = d.request
-            assert isinstance(req, ChatRequest)
-            conv = stored[req.conversation]
-            history = req.history if req.history is not None else conv.history
-            prepared[req.id] = (history, conv.spilled)
-        return prepared
-
-    # -- writing -----------------------------------------------------------------------
+    # -- write and release -------------------------------------------------------------
 
     async def _write_loop(self) -> None:
         while True:
             outputs = await self._outputs.get()
             while not self._outputs.empty():  # coalesce whatever else is ready
                 outputs.extend(self._outputs.get_nowait())
-            try:
-                await self._write(outputs)
-            except Exception:
-                log.exception("writing %d outputs failed", len(outputs))
+            await self._write(self._events.batch(outputs))
 
-    async def _write(self, outputs: Sequence[Output]) -> None:
-        items: list[Outgoing] = []
-        histories: list[tuple[str, str, Turn, Turn]] = []
-        spills: list[Spill] = []
-        finished: list[Delivery] = []
-        for out in outputs:
-            if isinstance(out, Progress):
-                items.append(Outgoing([self._delta(out)], out.work.request.reply_to))
-            elif isinstance(out, Finished):
-                items.append(self._finished_out(out))
-                req = out.work.request
-                histories.append(
-                    (req.conversation, req.user, Turn("user", req.text), Turn("bot", out.done.text))
-                )
-                finished.append(out.work.delivery)
-                self._log_request(out)
-            elif isinstance(out, Failed):
-                d = out.work.delivery
-                items.append(self._error_out(d, out.error.code, out.error.message))
-                finished.append(d)
-            elif isinstance(out, Applied):
-                d = out.control.delivery
-                await self._apply_control(out.control)
-                items.append(self._done_out(d, out.message))
-                finished.append(d)
-            else:
-                spills.append(out)
-        # One transaction: a reply is acknowledged together with its history turns, so a
-        # crash never leaves a stored exchange whose request is answered again.
-        stored = (
-            functools.partial(self._queue_store, histories, spills) if histories or spills else None
-        )
-        await self._consumer.write(items, also=stored)
-        for d in finished:
-            await self._release(d)
+    async def _write(self, batch: Batch) -> None:
+        """Apply the batch's control requests, then write it in one transaction; release
+        its finished requests either way (a failed write leaves them for reclaim)."""
+        try:
+            lost = await self._consumer.lost(batch.finished)
+            if lost:  # this worker stalled; another answers these (no double reply)
+                log.warning("%d requests were taken over by another worker", len(lost))
+                batch = batch.without(lost)
+            for control in batch.controls:
+                await self._apply_control(control)
+            await self._consumer.write(batch.items, also=self._store_writes(batch))
+        except Exception as e:  # QueueError expected (Redis restarting); anything else a bug
+            log.log(
+                logging.WARNING if isinstance(e, QueueError) else logging.ERROR,
+                "writing %d reply items failed (%s); %d requests left for reclaim",
+                len(batch.items),
+                e,
+                len(batch.finished),
+                exc_info=not isinstance(e, QueueError),
+            )
+            self._consumer.forget(batch.finished)
+        else:
+            for out in batch.replies:
+                _log_reply(out)
+        await self._release(batch.finished)
 
-    def _queue_store(
-        self,
-        histories: Sequence[tuple[str, str, Turn, Turn]],
-        spills: Sequence[Spill],
-        pipe: Pipeline,
-    ) -> None:
-        """Queue the history turns of finished replies and the spilled states into ``pipe``."""
-        for conv, user, user_turn, bot_turn in histories:
-            self._store.append_exchange(pipe, conv, user, user_turn, bot_turn)
-        for spill in spills:
-            self._store.spill(pipe, spill.conversation, spill.data)
+    def _store_writes(self, batch: Batch) -> Callable[[Pipeline], None] | None:
+        """What the store adds to the reply's transaction: so a crash never leaves a stored
+        exchange whose request is then answered again."""
+        if not batch.exchanges and not batch.spills:
+            return None
+
+        def queue(pipe: Pipeline) -> None:
+            for x in batch.exchanges:
+                self._store.append_exchange(pipe, x.conversation, x.user, x.prompt, x.reply)
+            for spill in batch.spills:
+                self._store.spill(pipe, spill.conversation, spill.data)
+
+        return queue
 
     async def _apply_control(self, control: Control) -> None:
         """Delete what the store holds for a reset conversation, or for a forgotten user."""
@@ -216,103 +220,59 @@ class EngineWorker:
         else:
             await self._store.reset(req.conversation)
 
-    async def _release(self, delivery: Delivery) -> None:
-        """A request is done: let the next held one of its conversation go."""
-        conv = delivery.request.conversation
-        self._seq.pop(delivery.request.id, None)
-        if self._in_flight.get(conv) == delivery.request.id:
-            del self._in_flight[conv]
-        held = self._held.get(conv)
-        if held:
-            nxt = held.popleft()
-            self._held_count -= 1
-            if not held:
-                del self._held[conv]
-            self._in_flight[conv] = nxt.request.id
-            await self._dispatch([nxt])
+    async def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """These requests are done: let each conversation's next held request go."""
+        following = []
+        for d in deliveries:
+            self._events.end(d.request.id)
+            nxt = self._admission.release(d)
+            if nxt is not None:
+                following.append(nxt)
+        if following:
+            await self._prepare_and_schedule(following)
 
-    def _next_seq(self, request_id: str) -> int:
-        seq = self._seq.get(request_id, 0)
-        self._seq[request_id] = seq + 1
-        return seq
-
-    def _delta(self, out: Progress) -> ReplyEvent:
-        rid = out.work.request.id
-        return Delta(request_id=rid, seq=self._next_seq(rid), text=out.text)
-
-    def _finished_out(self, out: Finished) -> Outgoing:
-        req = out.work.request
-        done = msgspec.structs.replace(out.done, seq=self._next_seq(req.id))
-        exchange = Exchange(
-            request_id=req.id,
-            conversation=req.conversation,
-            platform=req.platform,
-            user=req.user,
-            prompt=req.text,
-            reply=done.text,
-            model_version=done.model_version,
-            created_ms=req.created_ms or int(time.time() * 1000),
-        )
-        return Outgoing([done], req.reply_to, ack=out.work.delivery, exchange=exchange)
-
-    def _error_out(self, d: Delivery, code: str, message: str) -> Outgoing:
-        rid = d.request.id
-        error = Error(request_id=rid, seq=self._next_seq(rid), code=code, message=message)  # type: ignore[arg-type]
-        return Outgoing([error], d.request.reply_to, ack=d)
-
-    def _done_out(self, d: Delivery, message: str) -> Outgoing:
-        rid = d.request.id
-        done = Done(request_id=rid, seq=self._next_seq(rid), text=message, finish_reason="done")
-        return Outgoing([done], d.request.reply_to, ack=d)
-
-    def _log_request(self, out: Finished) -> None:
-        d = out.done
-        log.info(
-            "request %s conv=%s queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f tokens=%d+%d",
-            out.work.request.id,
-            out.work.request.conversation,
-            d.queue_ms,
-            d.ttft_ms,
-            d.total_ms,
-            d.prompt_tokens,
-            d.completion_tokens,
-        )
-        log.debug(
-            "request %s text=%.80r reply=%.80r", out.work.request.id, out.work.request.text, d.text
-        )
-
-    # -- draining and heartbeats -------------------------------------------------------
-
-    async def _drain(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.in_flight:
-            log.warning(
-                "stopping with %d requests unanswered; they will be reclaimed", self.in_flight
-            )
+    # -- heartbeats --------------------------------------------------------------------
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         last_tokens, last_s = self._scheduler.stats.tokens_generated, time.monotonic()
         while not stop.is_set():
-            stats = self._scheduler.stats
             now = time.monotonic()
-            tokens_per_s = (stats.tokens_generated - last_tokens) / max(now - last_s, 1e-3)
-            last_tokens, last_s = stats.tokens_generated, now
-            beat = {
-                "tokens_per_s": round(tokens_per_s, 1),
-                "worker": self._worker_id,
-                "model_version": stats.model_version,
-                "time": time.time(),
-                "running": stats.running,
-                "waiting": stats.waiting + self._held_count,
-                "tokens_generated": stats.tokens_generated,
-                "cache_hits": stats.cache_hits,
-                "cache_queries": stats.cache_queries,
-                **stats.extra,
-            }
+            beat = self._heartbeat(last_tokens, now - last_s)
+            last_tokens, last_s = beat.tokens_generated or 0, now
             try:
-                await self._redis.hset(keys.ENGINES, self._worker_id, json.dumps(beat))
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
-            await asyncio.sleep(self._settings.engine.heartbeat_s)
+                await engines.publish_heartbeat(self._redis, beat)
+            except QueueError as e:
+                log.warning("%s", e)
+            with contextlib.suppress(TimeoutError):  # wake at once when stopping
+                await asyncio.wait_for(stop.wait(), self._settings.engine.heartbeat_s)
+
+    def _heartbeat(self, last_tokens: int, elapsed_s: float) -> Heartbeat:
+        stats = self._scheduler.stats
+        return Heartbeat(
+            worker=self._worker_id,
+            time=time.time(),
+            model_version=stats.model_version,
+            running=stats.running,
+            waiting=stats.waiting + self._admission.held,
+            tokens_per_s=round((stats.tokens_generated - last_tokens) / max(elapsed_s, 1e-3), 1),
+            tokens_generated=stats.tokens_generated,
+            cache_hits=stats.cache_hits,
+            cache_queries=stats.cache_queries,
+            cache_bytes=stats.cache_bytes,
+        )
+
+
+def _log_reply(out: Finished) -> None:
+    """The one INFO line per answered request; its text only at DEBUG, truncated."""
+    r, req = out.reply, out.work.request
+    log.info(
+        "request %s conv=%s queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f tokens=%d+%d",
+        req.id,
+        req.conversation,
+        r.queue_ms,
+        r.ttft_ms,
+        r.total_ms,
+        r.prompt_tokens,
+        r.completion_tokens,
+    )
+    log.debug("request %s text=%.80r reply=%.80r", req.id, req.text, r.text)

@@ -65,9 +65,9 @@ def test_bf16_graphed_service_answers_a_full_batch_close_to_fp32(arch: str, tmp_
     s = Scheduler(gpu, settings, SamplingSettings(), gpu.model.device)
     assert s._model.decode._graphs is not None  # the decode step replays captured graphs
     works = [make_work(f"c{i}", f"hello number {i}", rid=f"r{i}") for i in range(24)]
-    done = [o.done for o in run_all(s, list(works)) if isinstance(o, Finished)]
-    assert sorted(d.request_id for d in done) == sorted(w.request.id for w in works)
-    assert all(d.completion_tokens > 0 for d in done)
+    done = [o for o in run_all(s, list(works)) if isinstance(o, Finished)]
+    assert sorted(o.work.request.id for o in done) == sorted(w.request.id for w in works)
+    assert all(o.reply.completion_tokens > 0 for o in done)
     # The first reply token's logits in bf16 on the GPU stay within bf16 rounding of fp32.
     prompt = torch.tensor([saved.tokenizer.encode("<|user|>hello there<|eot|><|bot|>")])
     with torch.inference_mode():

@@ -14,7 +14,7 @@ from bot.settings import EngineSettings, SamplingSettings
 from bot.wire import ChatRequest, ControlRequest, Sampling, Turn
 from engine.cache import deserialize_entry
 from engine.scheduler import Scheduler
-from engine.work import Applied, Control, Finished, Output, Progress, Spill, Work
+from engine.work import Applied, Control, Failed, Finished, Output, Progress, Spill, Work
 from tests.unit.engine_fixtures import DEVICES, tiny_checkpoint
 
 GREEDY = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
@@ -52,16 +52,14 @@ def run_all(s: Scheduler, items: list[Work | Control], max_steps: int = 2000) ->
     outputs: list[Output] = []
     want = len(items)
     for _ in range(max_steps):
-        s.step_once()
-        outputs.extend(s._outputs)
-        s._outputs = []
+        outputs.extend(s.step_once())
         if sum(isinstance(o, (Finished, Applied)) for o in outputs) >= want:
             return outputs
     raise AssertionError("scheduler did not finish")
 
 
 def replies(outputs: list[Output]) -> dict[str, str]:
-    return {o.work.request.id: o.done.text for o in outputs if isinstance(o, Finished)}
+    return {o.work.request.id: o.reply.text for o in outputs if isinstance(o, Finished)}
 
 
 @pytest.fixture(params=[(a, d) for d in DEVICES for a in ("gru", "gpt")], ids="-".join)
@@ -95,12 +93,12 @@ def test_followup_from_cache_equals_recompute(ckpt) -> None:
     first, reply = first_nonempty(s)
     history = (Turn("user", first.request.text), Turn("bot", reply))
     follow = make_work("c", "and you?", history)
-    hits = s._cache.hits
+    hits = s.stats.cache_hits
     cached = replies(run_all(s, [follow]))[follow.request.id]
-    assert s._cache.hits == hits + 1
+    assert s.stats.cache_hits == hits + 1
     fresh = make_scheduler(ckpt)
     recomputed = replies(run_all(fresh, [follow]))[follow.request.id]
-    assert fresh._cache.hits == 0
+    assert fresh.stats.cache_hits == 0
     assert cached == recomputed
 
 
@@ -116,7 +114,7 @@ def test_spilled_state_restores_and_matches(ckpt) -> None:
     s2 = make_scheduler(ckpt)
     follow = make_work("c", "and you?", history, spilled=spills[0].data)
     restored = replies(run_all(s2, [follow]))
-    assert s2._cache.hits == 1
+    assert s2.stats.cache_hits == 1
     recomputed = replies(run_all(make_scheduler(ckpt), [make_work("c", "and you?", history)]))
     assert restored == recomputed
 
@@ -129,12 +127,12 @@ def test_client_history_must_be_a_prefix(ckpt) -> None:
     run_all(s, [first])
     edited = (Turn("user", first.request.text), Turn("bot", "something else entirely"))
     run_all(s, [make_work("c", "again", edited, client_history=True)])
-    assert s._cache.hits == 0
+    assert s.stats.cache_hits == 0
     same = (Turn("user", first.request.text), Turn("bot", reply))
     s2 = make_scheduler(ckpt)
     run_all(s2, [first])
     run_all(s2, [make_work("c", "again", same, client_history=True)])
-    assert s2._cache.hits == 1
+    assert s2.stats.cache_hits == 1
 
 
 def test_state_never_crosses_conversations(ckpt) -> None:
@@ -174,13 +172,34 @@ def test_seeded_sampling_is_reproducible(ckpt) -> None:
     assert a == b
 
 
+def prompt_tokens(outputs: list[Output], request_id: str) -> int:
+    return next(
+        o.reply.prompt_tokens
+        for o in outputs
+        if isinstance(o, Finished) and o.work.request.id == request_id
+    )
+
+
 def test_reset_drops_cached_state(ckpt) -> None:
-    s = make_scheduler(ckpt)
-    run_all(s, [make_work("c", "hello")])
+    """A follow-up after a reset is fed whole (no cached state), as on a fresh engine."""
+    first = make_work("c", "hello", rid="first")
+    reply = replies(run_all(make_scheduler(ckpt), [first]))["first"]
+    history = (Turn("user", "hello"), Turn("bot", reply))
+
+    def follow_up_prompt_tokens(s: Scheduler, rid: str) -> int:
+        return prompt_tokens(run_all(s, [make_work("c", "and then?", history, rid=rid)]), rid)
+
+    fresh = follow_up_prompt_tokens(make_scheduler(ckpt), "fresh")
+    kept = make_scheduler(ckpt)
+    run_all(kept, [first])
+    cached = follow_up_prompt_tokens(kept, "cached")
+    reset = make_scheduler(ckpt)
+    run_all(reset, [first])
     control = ControlRequest(id="r", conversation="c", reply_to="test", command="reset")
-    out = run_all(s, [Control(Delivery(0, "0-2", control), control)])
+    out = run_all(reset, [Control(Delivery(0, "0-2", control), control)])
     assert any(isinstance(o, Applied) for o in out)
-    assert s._cache.pop("c") is None
+    assert cached < fresh  # the cache served the first exchange
+    assert follow_up_prompt_tokens(reset, "after-reset") == fresh
 
 
 def test_hot_swap_loses_no_request(ckpt, tmp_path: Path) -> None:
@@ -188,36 +207,36 @@ def test_hot_swap_loses_no_request(ckpt, tmp_path: Path) -> None:
     works = [make_work(f"c{i}", "hello there", rid=f"r{i}") for i in range(6)]
     for w in works[:3]:
         s.submit(w)
+    outputs: list[Output] = []
     for _ in range(3):
-        s.step_once()
+        outputs += s.step_once()
     new = tiny_checkpoint(tmp_path / "v2", ckpt.config.arch, seed=1, device=str(ckpt.model.device))
     s.swap(new)
-    outputs = list(s._outputs)
-    s._outputs = []
     outputs += run_all(s, works[3:])
     for _ in range(2000):
         if sum(isinstance(o, Finished) for o in outputs) == len(works):
             break
-        s.step_once()
-        outputs.extend(s._outputs)
-        s._outputs = []
+        outputs += s.step_once()
     done = [o for o in outputs if isinstance(o, Finished)]
     assert sorted(o.work.request.id for o in done) == [f"r{i}" for i in range(6)]
-    assert {o.done.model_version for o in done if o.work.request.id in {"r3", "r4", "r5"}} == {"v2"}
+    late = {"r3", "r4", "r5"}
+    assert {o.reply.model_version for o in done if o.work.request.id in late} == {"v2"}
 
 
 def test_empty_message_is_a_clear_error(ckpt) -> None:
     s = make_scheduler(ckpt)
     s.submit(make_work("c", "   "))
+    outputs: list[Output] = []
     for _ in range(5):
-        s.step_once()
-    failed = [o for o in s._outputs if o.__class__.__name__ == "Failed"]
-    assert failed and failed[0].error.code == "bad_request"
+        outputs += s.step_once()
+    failed = [o for o in outputs if isinstance(o, Failed)]
+    assert [(f.work.request.id, f.failure) for f in failed] == [("c-   ", "unusable")]
+    assert "empty" in failed[0].detail
 
 
 def replies_of(outputs: list[Output]) -> dict[str, tuple[str, int]]:
     return {
-        o.work.request.id: (o.done.text, o.done.completion_tokens)
+        o.work.request.id: (o.reply.text, o.reply.completion_tokens)
         for o in outputs
         if isinstance(o, Finished)
     }
@@ -244,9 +263,7 @@ def test_rows_joining_and_leaving_mid_batch_never_mix_states(ckpt, prefill_chunk
     for _ in range(3000):
         if pending and rng.random() < 0.3:
             s.submit(pending.pop(0))
-        s.step_once()
-        outputs.extend(s._outputs)
-        s._outputs = []
+        outputs += s.step_once()
         if not pending and len(replies_of(outputs)) == len(works):
             break
     got = replies_of(outputs)
@@ -261,7 +278,7 @@ def test_ignore_eot_generates_exactly_max_new_tokens(ckpt) -> None:
     s = Scheduler(ckpt, settings, SamplingSettings(), ckpt.model.device, ignore_eot=True)
     sampling = Sampling(temperature=1.5, seed=3, max_new_tokens=9)
     works = [make_work(f"c{i}", "hello", rid=f"r{i}", sampling=sampling) for i in range(5)]
-    done = [o.done for o in run_all(s, list(works)) if isinstance(o, Finished)]
+    done = [o.reply for o in run_all(s, list(works)) if isinstance(o, Finished)]
     assert [d.completion_tokens for d in done] == [9] * 5
     assert {d.finish_reason for d in done} == {"length"}
 
@@ -279,7 +296,7 @@ def test_stop_string_ends_the_reply_before_it(ckpt) -> None:
     cut = make_work(
         "c", "hello", rid="cut", sampling=msgspec.structs.replace(sampling, stop=(stop,))
     )
-    done = next(o.done for o in run_all(make_scheduler(ckpt), [cut]) if isinstance(o, Finished))
+    done = next(o.reply for o in run_all(make_scheduler(ckpt), [cut]) if isinstance(o, Finished))
     assert done.finish_reason == "stop"
     assert done.text == text[:3].strip()
 
