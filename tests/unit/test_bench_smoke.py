@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +35,28 @@ def test_gpu_bench_runs_its_code_on_the_cpu(capsys: pytest.CaptureFixture[str]) 
     assert {"gru", "gpt"} <= result["engine"].keys()
     assert all(v["c16_throughput_ratio"] > 0 for v in result["engine"].values())
     assert result["followup"]["gru"]["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_peers_bench_quick_writes_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("ctranslate2")
+    from bench import peers as peers_bench
+
+    assert peers_bench.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "peers-quick.json").read_text()) == result
+    assert result["meta"]["commit"] and result["meta"]["machine"]["cores"] >= 1
+    a, b = result["workload_a"], result["workload_b"]
+    assert {"parley", "transformers", "ctranslate2"} <= a.keys() == b.keys()
+    # Every side did the same work: (a) a fixed length per sequence; (b), when the replies
+    # end where the human ones did (random weights), the same tokens in all.
+    expected_a = result["workload"]["a"]["sequences"] * result["workload"]["a"]["new_tokens"]
+    assert {side["tokens"] for side in a.values()} == {expected_a}
+    if result["reply_lengths"] == "data":
+        assert len({side["tokens"] for side in b.values()}) == 1
+    assert all(side["ttft_p99_ms"] >= side["ttft_p50_ms"] > 0 for side in b.values())
+    assert result["best_peer_ratio_a"] > 0 and result["best_peer_ratio_b"] > 0
+    assert 0 < result["decode_mfu"] < 1

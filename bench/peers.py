@@ -1,0 +1,656 @@
+"""Parley's engine against the engines a user would pick instead, on the same weights.
+
+One model is served by each side: Parley's scheduler (continuous batching, in the dtype
+``engine.dtype = "auto"`` picks), Hugging Face ``transformers`` ``generate`` (static batches,
+its KV cache) and CTranslate2 ``generate_batch`` (the same export converted by its
+transformers converter), all with the same torch/CT2 thread count and the same sampling
+(temperature 0.8 over the whole vocabulary). Sides: ``parley``, ``transformers`` (float32,
+and bfloat16 where the CPU multiplies it natively), ``ctranslate2`` (float32) and
+``ctranslate2-int8`` (what CT2 recommends on a CPU); with a GPU, ``-cuda`` sides too.
+
+Workloads:
+
+- (a) 64 sequences x 128 new tokens, all at once (end-of-turn banned on every side).
+- (b) chat: 256 conversations arriving as a Poisson process. Prompts are real histories from
+  the chitchat validation split (the oldest turns dropped until prompt + reply fit the
+  model's window, so every side sees the same tokens); the rate is ``--load`` x the requests/s
+  Parley sustains in (a). Peers serve as a plain server would: whatever waits, up to 64, as
+  one batch. Replies end at end-of-turn, capped at 200 tokens. A model with random weights
+  never says end-of-turn, so for one (the starter predates Llama's layout) each reply ends
+  where the human reply it stands for ended (in tokens, capped), end-of-turn banned, on
+  every side alike; the JSON says which (``reply_lengths``: ``model`` or ``data``).
+
+Per side: tokens/s (completion tokens over first arrival to last token), time to first token
+and inter-token latency (p50/p99, ms; a token's time is when the side hands it back:
+Parley's step returns it, transformers' stopping criterion or CT2's callback sees it).
+``best_peer_ratio_a`` / ``_b`` are Parley's tokens/s over the best peer's; ``decode_mfu`` is
+Parley's model FLOPs per generated token x tokens/s in (a) over a matmul peak measured in this
+run in the dtype it serves in. Each side runs ``--repeats`` times, interleaved, and keeps its
+best run (tokens/s): other work on a shared machine only slows a run down.
+
+Usage: ``python -m bench.peers [--quick] [--threads N] [--checkpoint DIR] [--note TEXT]``.
+Prints one JSON object and writes it to ``bench/results/peers-<device>.json`` (``--quick``:
+``peers-quick.json``; ``--out`` for another folder). Needs the bench extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from prometheus_client import CollectorRegistry
+from torch import nn
+
+from bench.report import RESULTS, save_result
+from bot.errors import ModelError
+from bot.queue import Delivery
+from bot.settings import EngineSettings, SamplingSettings
+from bot.wire import ChatRequest, Sampling, Turn
+from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from engine.data.formatting import format_prompt
+from engine.export import check_llama_layout, export_hf
+from engine.metrics import EngineMetrics
+from engine.models import build_model
+from engine.scheduler import Scheduler
+from engine.service import choose_decode_dtype, weights_dtype
+from engine.train.data import load_texts
+from engine.work import Failed, Finished, Progress, Work
+
+log = logging.getLogger("bench.peers")
+
+STARTER = Path(__file__).resolve().parents[1] / "engine" / "starter"
+TEMPERATURE = 0.8
+MAX_BATCH = 64
+_TURN = re.compile(r"<\|(user|bot)\|>(.*?)<\|eot\|>", re.S)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    a_sequences: int = 64
+    a_new_tokens: int = 128
+    b_conversations: int = 256
+    b_cap: int = 200
+    repeats: int = 3
+    peak_s: float = 2.0
+
+
+QUICK = Sizes(a_sequences=8, a_new_tokens=16, b_conversations=16, b_cap=24, repeats=1, peak_s=0.3)
+
+
+@dataclass(frozen=True)
+class Request:
+    history: tuple[Turn, ...]
+    text: str
+    prompt: list[int]
+    """The ids of ``format_prompt(history, text)``: what every side is fed."""
+    reply_tokens: int
+    """The human reply's length in tokens, capped: where a ``data`` reply ends."""
+    arrival_s: float = 0.0
+
+
+@dataclass
+class Trace:
+    """One request as a side served it: when its tokens came back, and how many."""
+
+    arrival_s: float
+    times: list[float] = dataclasses.field(default_factory=list)
+    tokens: int = 0
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+def chat_requests(ckpt: Checkpoint, n: int, cap: int, seed: int) -> list[Request]:
+    """``n`` (history, message, reply) triples from the chitchat validation split, each
+    history cut (oldest turns first) so the prompt and a ``cap``-token reply fit the window."""
+    tok, window = ckpt.tokenizer, ckpt.config.block_size
+    budget = window - cap
+    candidates = []
+    for text in load_texts(["chitchat"]).val:
+        turns = [(role, body) for role, body in _TURN.findall(text)]
+        candidates += [(turns, i) for i in range(0, len(turns) - 1, 2)]  # a user turn + reply
+    rng = random.Random(seed)
+    rng.shuffle(candidates)
+    requests: list[Request] = []
+    for turns, i in candidates:
+        history = turns[:i]
+        while True:
+            prompt = tok.encode(format_prompt(history, turns[i][1]))
+            if len(prompt) <= budget or not history:
+                break
+            history = history[2:]  # a user turn and its reply, so roles keep alternating
+        if len(prompt) > budget:
+            continue
+        reply = min(cap, len(tok.encode(turns[i + 1][1])))
+        hist = tuple(Turn(role, body) for role, body in history)  # type: ignore[arg-type]
+        requests.append(Request(hist, turns[i][1], prompt, reply))
+        if len(requests) == n:
+            return requests
+    raise SystemExit(f"the validation split has only {len(requests)} usable exchanges")
+
+
+def poisson(requests: Sequence[Request], rate_per_s: float, seed: int) -> list[Request]:
+    rng = random.Random(seed)
+    t, timed = 0.0, []
+    for r in requests:
+        timed.append(dataclasses.replace(r, arrival_s=t))
+        t += rng.expovariate(rate_per_s)
+    return timed
+
+
+# ------------------------------------------------------------------------------ parley
+
+
+class ParleySide:
+    """Parley's scheduler driven directly: submit what has arrived, step, collect."""
+
+    def __init__(self, ckpt: Checkpoint, decode_dtype: torch.dtype | None) -> None:
+        self.ckpt, self.decode_dtype = ckpt, decode_dtype
+        self.dtype = str(decode_dtype or ckpt.model.dtype).removeprefix("torch.")
+        self._schedulers: dict[bool, Scheduler] = {}
+
+    def scheduler(self, ignore_eot: bool) -> Scheduler:
+        if ignore_eot not in self._schedulers:
+            self._schedulers[ignore_eot] = Scheduler(
+                self.ckpt,
+                EngineSettings(max_batch=MAX_BATCH, stream_interval_ms=0),
+                SamplingSettings(),
+                self.ckpt.model.device,
+                metrics=EngineMetrics("bench", CollectorRegistry()),
+                decode_dtype=self.decode_dtype,
+                ignore_eot=ignore_eot,
+            )
+        return self._schedulers[ignore_eot]
+
+    def serve(self, requests: Sequence[Request], limits: Sequence[int], eot: bool) -> list[Trace]:
+        s = self.scheduler(ignore_eot=not eot)
+        traces = [Trace(r.arrival_s) for r in requests]
+        by_id: dict[str, int] = {}
+        todo, in_flight, t0 = 0, 0, time.perf_counter()
+        while todo < len(requests) or in_flight:
+            now = time.perf_counter() - t0
+            while todo < len(requests) and requests[todo].arrival_s <= now:
+                work = _work(requests[todo], limits[todo])
+                by_id[work.request.id] = todo
+                s.submit(work)
+                todo, in_flight = todo + 1, in_flight + 1
+            if not in_flight:
+                time.sleep(requests[todo].arrival_s - now)  # idle until the next arrival
+                continue
+            outputs = s.step_once()
+            t = time.perf_counter() - t0
+            for out in outputs:
+                if isinstance(out, Progress | Finished):
+                    trace = traces[by_id[out.work.request.id]]
+                    trace.times.append(t)
+                if isinstance(out, Finished):
+                    trace.tokens = out.reply.completion_tokens
+                    in_flight -= 1
+                    if out.reply.prompt_tokens != len(requests[by_id[out.work.request.id]].prompt):
+                        raise SystemExit("Parley was fed another prompt than the peers")
+                elif isinstance(out, Failed):
+                    raise SystemExit(f"Parley failed a request: {out.failure} {out.detail}")
+        return traces
+
+
+def _work(r: Request, limit: int) -> Work:
+    sampling = Sampling(
+        temperature=TEMPERATURE, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=limit
+    )
+    conv = uuid.uuid4().hex  # never a cache hit: every side computes every prompt
+    request = ChatRequest(
+        id=conv, conversation=conv, reply_to="bench", text=r.text, sampling=sampling
+    )
+    return Work(Delivery(0, "0-0", request), request, r.history, None, time.monotonic())
+
+
+# ------------------------------------------------------------------------------- peers
+
+
+class StaticBatcher(Protocol):
+    """A peer: one static batch at a time; per row, the times its tokens came back."""
+
+    name: str
+    dtype: str
+
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        limits: Sequence[int],
+        eot: bool,
+        clock: Callable[[], float],
+    ) -> list[Trace]: ...
+
+
+class TransformersSide:
+    def __init__(self, path: Path, ckpt: Checkpoint, dtype: torch.dtype, device: str) -> None:
+        from transformers import LlamaForCausalLM
+
+        self.name = "transformers" + ("" if dtype == torch.float32 else "-bf16")
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.model = LlamaForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        self.model.to(device).eval()
+        self.device = device
+        tok = ckpt.tokenizer
+        self.pad, self.eot, self.specials = tok.pad_id, tok.eot_id, sorted(tok.special_ids)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        limits: Sequence[int],
+        eot: bool,
+        clock: Callable[[], float],
+    ) -> list[Trace]:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts])  # left-padded
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        limit = torch.tensor(limits)
+        times: list[float] = []
+
+        class RowLimits(StoppingCriteria):  # type: ignore[misc]
+            """Records when each step's tokens came back; a row stops at its own limit."""
+
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> Any:
+                times.append(clock())
+                return (input_ids.shape[1] - width >= limit).to(input_ids.device)
+
+        banned = [t for t in self.specials if not (eot and t == self.eot)]
+        out = self.model.generate(
+            ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            do_sample=True,
+            temperature=TEMPERATURE,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max(limits),
+            suppress_tokens=banned,
+            eos_token_id=self.eot if eot else None,
+            pad_token_id=self.pad,
+            stopping_criteria=StoppingCriteriaList([RowLimits()]),
+        )
+        traces = []
+        for row, n in zip(out[:, width:].tolist(), limits, strict=True):
+            ended = row.index(self.eot) if eot and self.eot in row[:n] else None
+            steps = n if ended is None else ended + 1  # the end-of-turn step ends the reply
+            traces.append(Trace(0.0, times[:steps], steps if ended is None else ended))
+        return traces
+
+
+class CTranslate2Side:
+    def __init__(self, ct2_dir: Path, ckpt: Checkpoint, compute: str, device: str, threads: int):
+        import ctranslate2
+
+        self.name = "ctranslate2" + ("" if compute in ("float32", "bfloat16") else f"-{compute}")
+        self.dtype = compute
+        self.generator = ctranslate2.Generator(
+            str(ct2_dir), device=device, compute_type=compute, intra_threads=threads
+        )
+        tok = ckpt.tokenizer
+        self.vocab = json.loads((ct2_dir / "vocabulary.json").read_text())
+        self.eot, self.specials = tok.eot_id, sorted(tok.special_ids)
+
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        limits: Sequence[int],
+        eot: bool,
+        clock: Callable[[], float],
+    ) -> list[Trace]:
+        traces = [Trace(0.0) for _ in prompts]
+        end = self.eot
+
+        # The callback must not hold `self`: CT2 may drop it on its own worker thread, and
+        # were it the generator's last reference, the generator would join that thread from
+        # inside it ("Resource deadlock avoided").
+        def on_token(step: Any) -> bool:  # ctranslate2.GenerationStepResult
+            trace = traces[step.batch_id]
+            trace.times.append(clock())
+            if step.token_id != end:
+                trace.tokens += 1
+            return len(trace.times) >= limits[step.batch_id]  # True: this row is done
+
+        banned = [[self.vocab[t]] for t in self.specials if not (eot and t == self.eot)]
+        self.generator.generate_batch(
+            [[self.vocab[i] for i in p] for p in prompts],
+            max_length=max(limits),
+            min_length=0 if eot else max(limits),  # no end token before the row's own limit
+            sampling_topk=0,  # the whole vocabulary
+            sampling_temperature=TEMPERATURE,
+            include_prompt_in_result=False,  # the prompt in one forward, not token by token
+            suppress_sequences=banned,
+            end_token=self.vocab[self.eot],
+            callback=on_token,
+        )
+        return traces
+
+
+def serve_static(
+    side: StaticBatcher, requests: Sequence[Request], limits: Sequence[int], eot: bool
+) -> list[Trace]:
+    """A plain server: take whatever has arrived (up to 64) as one batch, run it to the end."""
+    traces: list[Trace] = []
+    t0 = time.perf_counter()
+    clock = lambda: time.perf_counter() - t0  # noqa: E731
+    i = 0
+    while i < len(requests):
+        now = clock()
+        if requests[i].arrival_s > now:
+            time.sleep(requests[i].arrival_s - now)  # idle until the next arrival
+            continue
+        j = i
+        while j < len(requests) and j - i < MAX_BATCH and requests[j].arrival_s <= now:
+            j += 1
+        batch = side.generate([r.prompt for r in requests[i:j]], limits[i:j], eot, clock)
+        for r, trace in zip(requests[i:j], batch, strict=True):
+            traces.append(dataclasses.replace(trace, arrival_s=r.arrival_s))
+        i = j
+    return traces
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarize(traces: Sequence[Trace], dtype: str) -> dict[str, Any]:
+    """tokens/s and p50/p99 TTFT and inter-token latency (tokens that came back together, in
+    one step, count as one delivery: the gap between them is not a latency anyone sees)."""
+    start = min(t.arrival_s for t in traces)
+    end = max(t.times[-1] for t in traces if t.times)
+    tokens = sum(t.tokens for t in traces)
+    ttft = [(t.times[0] - t.arrival_s) * 1000 for t in traces if t.times]
+    itl = []
+    for t in traces:
+        moments = sorted(set(t.times))
+        itl += [(b - a) * 1000 for a, b in itertools.pairwise(moments)]
+    return {
+        "tokens_per_s": round(tokens / (end - start), 1),
+        "ttft_p50_ms": round(percentile(ttft, 50), 2),
+        "ttft_p99_ms": round(percentile(ttft, 99), 2),
+        "itl_p50_ms": round(percentile(itl, 50), 2),
+        "itl_p99_ms": round(percentile(itl, 99), 2),
+        "tokens": tokens,
+        "requests": len(traces),
+        "wall_s": round(end - start, 3),
+        "dtype": dtype,
+    }
+
+
+def decode_flops(model: nn.Module, config: Any, prompts: Sequence[int], new: Sequence[int]) -> int:
+    """Forward FLOPs of generating ``new[i]`` tokens after a ``prompts[i]``-token prompt:
+    2 per weight of every matmul (the tied head included) plus 4 x layers x width per
+    attended position (q.k and p.v), at each token's own context length."""
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    attend = 4 * config.n_layer * config.n_embd
+    total = 0
+    for p, n in zip(prompts, new, strict=True):
+        positions = n * p + n * (n + 1) // 2  # contexts p+1 .. p+n
+        total += 2 * matmul * n + attend * positions
+    return total
+
+
+def matmul_peak(dtype: torch.dtype, device: str, seconds: float, n: int = 2048) -> float:
+    """FLOP/s of a large square matmul in ``dtype`` on ``device``."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(2):
+        a @ b
+    sync()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        done += 1
+    sync()
+    return 2 * n**3 * done / (time.perf_counter() - started)
+
+
+# -------------------------------------------------------------------------------- setup
+
+
+def bench_model(path: Path, work: Path) -> tuple[Checkpoint, str]:
+    """The checkpoint if it has Llama's layout, else a seeded random one of its shape and
+    tokenizer in that layout; and which of the two (``weights``)."""
+    ckpt = load_checkpoint(path)
+    try:
+        check_llama_layout(ckpt.config)
+        return ckpt, "trained"
+    except ModelError as e:
+        log.warning("%s; benchmarking random weights of its shape instead", e)
+    torch.manual_seed(0)
+    config = dataclasses.replace(ckpt.config, mlp="swiglu", n_mlp=0)
+    model = build_model(config)
+    saved = save_checkpoint(
+        work / "model", model, ckpt.tokenizer, preset=ckpt.preset, metrics={}, provenance={}
+    )
+    return load_checkpoint(saved), "random"
+
+
+def convert_ct2(hf_dir: Path, out: Path) -> Path:
+    import ctranslate2
+
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(out))
+    # CT2 requires a start token name; Parley's models have none and every prompt here
+    # brings its own tokens, so any vocabulary entry will do.
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config["bos_token"] = config.get("bos_token") or "<|pad|>"
+    config_path.write_text(json.dumps(config))
+    return out
+
+
+def build_sides(
+    ckpt: Checkpoint, hf_dir: Path, ct2_dir: Path, device: str, threads: int, quick: bool
+) -> tuple[ParleySide, list[StaticBatcher]]:
+    from engine.hardware import cpu_has_native_bf16
+
+    if device == "cuda":
+        served = load_checkpoint(
+            ckpt.path, device="cuda", dtype=weights_dtype("auto", torch.device("cuda"))
+        )
+        parley = ParleySide(served, None)
+        return parley, [
+            TransformersSide(hf_dir, ckpt, served.model.dtype, "cuda"),
+            CTranslate2Side(ct2_dir, ckpt, "bfloat16", "cuda", threads),
+        ]
+    engine = EngineSettings(max_batch=MAX_BATCH)
+    parley = ParleySide(ckpt, choose_decode_dtype(engine, ckpt.model, torch.device("cpu")))
+    peers: list[StaticBatcher] = [TransformersSide(hf_dir, ckpt, torch.float32, "cpu")]
+    if cpu_has_native_bf16() and not quick:
+        peers.append(TransformersSide(hf_dir, ckpt, torch.bfloat16, "cpu"))
+    peers.append(CTranslate2Side(ct2_dir, ckpt, "float32", "cpu", threads))
+    if not quick:
+        peers.append(CTranslate2Side(ct2_dir, ckpt, "int8", "cpu", threads))
+    return parley, peers
+
+
+# --------------------------------------------------------------------------------- run
+
+
+def run_device(
+    ckpt: Checkpoint, weights: str, dirs: tuple[Path, Path], device: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    sizes = QUICK if args.quick else Sizes()
+    repeats = args.repeats or sizes.repeats
+    parley, peers = build_sides(ckpt, *dirs, device, args.threads, args.quick)
+    eot = weights == "trained"
+    chats = chat_requests(ckpt, sizes.b_conversations, sizes.b_cap, seed=0)
+    a_reqs = [dataclasses.replace(r, arrival_s=0.0) for r in chats[: sizes.a_sequences]]
+    while len(a_reqs) < sizes.a_sequences:  # fewer chats than sequences: reuse prompts
+        a_reqs.append(a_reqs[len(a_reqs) % len(chats)])
+    a_limits = [sizes.a_new_tokens] * len(a_reqs)
+    b_limits = [r.reply_tokens if not eot else sizes.b_cap for r in chats]
+
+    def run_a(side: ParleySide | StaticBatcher) -> list[Trace]:
+        if isinstance(side, ParleySide):
+            return side.serve(a_reqs, a_limits, eot=False)
+        return serve_static(side, a_reqs, a_limits, eot=False)
+
+    # Warm up every side, and calibrate the arrival rate on Parley's capacity in (a).
+    for side in (parley, *peers):
+        run_a(side)
+    parley_a = summarize(run_a(parley), parley.dtype)["tokens_per_s"]
+    mean_reply = sum(r.reply_tokens for r in chats) / len(chats)
+    rate = args.rate or args.load * parley_a / mean_reply
+    b_reqs = poisson(chats, rate, seed=1)
+
+    def run_b(side: ParleySide | StaticBatcher) -> list[Trace]:
+        if isinstance(side, ParleySide):
+            return side.serve(b_reqs, b_limits, eot)
+        return serve_static(side, b_reqs, b_limits, eot)
+
+    names = {id(parley): "parley", **{id(p): p.name for p in peers}}
+    suffix = "" if device == "cpu" else f"-{device}"
+    best: dict[str, dict[str, dict[str, Any]]] = {"a": {}, "b": {}}
+    parley_a_traces: list[Trace] = []
+    for _ in range(repeats):
+        for side in (parley, *peers):
+            name = names[id(side)] + suffix
+            for key, run in (("a", run_a), ("b", run_b)):
+                traces = run(side)
+                got = summarize(traces, side.dtype)
+                if name not in best[key] or got["tokens_per_s"] > best[key][name]["tokens_per_s"]:
+                    best[key][name] = got
+                    if side is parley and key == "a":
+                        parley_a_traces = traces
+    return {
+        "workload_a": best["a"],
+        "workload_b": best["b"],
+        "parley": parley,
+        "parley_a_traces": parley_a_traces,
+        "a_requests": a_reqs,
+        "workload": {
+            "a": {"sequences": len(a_reqs), "new_tokens": sizes.a_new_tokens},
+            "b": {
+                "conversations": len(chats),
+                "reply_cap": sizes.b_cap,
+                "mean_reply_tokens": round(mean_reply, 1),
+                "mean_prompt_tokens": round(sum(len(r.prompt) for r in chats) / len(chats), 1),
+                "arrival_rate_per_s": round(rate, 1),
+                "load": None if args.rate else args.load,
+                "rate_from": "--rate" if args.rate else "load x Parley's (a) tokens/s / mean reply",
+            },
+            "repeats": repeats,
+        },
+    }
+
+
+def figures_for(
+    ckpt: Checkpoint, got: dict[str, Any], device: str, peak_s: float
+) -> dict[str, Any]:
+    suffix = "" if device == "cpu" else f"_{device}"
+    parley_name = "parley" + ("" if device == "cpu" else f"-{device}")
+    out: dict[str, Any] = {}
+    for key in ("a", "b"):
+        sides = got[f"workload_{key}"]
+        peers = {n: v for n, v in sides.items() if n != parley_name}
+        best = max(peers, key=lambda n: peers[n]["tokens_per_s"])
+        out[f"best_peer_ratio_{key}{suffix}"] = round(
+            sides[parley_name]["tokens_per_s"] / peers[best]["tokens_per_s"], 3
+        )
+        out[f"best_peer_{key}{suffix}"] = best
+    b = got["workload_b"]
+    out[f"parley_p99_ttft_below_every_peer_b{suffix}"] = all(
+        b[parley_name]["ttft_p99_ms"] < v["ttft_p99_ms"] for n, v in b.items() if n != parley_name
+    )
+    parley: ParleySide = got["parley"]
+    served = torch.bfloat16 if parley.dtype == "bfloat16" else parley.ckpt.model.dtype
+    peak = matmul_peak(served, device, peak_s)
+    traces: list[Trace] = got["parley_a_traces"]
+    prompts = [len(r.prompt) for r in got["a_requests"]]
+    flops = decode_flops(parley.ckpt.model, ckpt.config, prompts, [t.tokens for t in traces])
+    tokens = sum(t.tokens for t in traces)
+    tps = got["workload_a"][parley_name]["tokens_per_s"]
+    out[f"decode_mfu{suffix}"] = round(flops / tokens * tps / peak, 4)
+    out[f"decode_mfu_detail{suffix}"] = {
+        "flops_per_token": round(flops / tokens),
+        "tokens_per_s": tps,
+        "peak_flops": round(peak),
+        "peak_dtype": str(served).removeprefix("torch."),
+        "rows": len(prompts),
+        "note": "workload (a), prefill time included in the time",
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--checkpoint", type=Path, default=STARTER)
+    parser.add_argument("--load", type=float, default=0.9, help="(b) rate vs Parley's capacity")
+    parser.add_argument("--rate", type=float, default=0.0, help="(b) arrivals/s (overrides --load)")
+    parser.add_argument("--repeats", type=int, default=0, help="runs per side (best kept)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the JSON")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    import ctranslate2
+    import transformers
+
+    ctranslate2.set_random_seed(0)
+    torch.manual_seed(0)
+    started, load_start = time.perf_counter(), os.getloadavg()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    result: dict[str, Any] = {"quick": args.quick, "threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ckpt, weights = bench_model(args.checkpoint, work)
+        dirs = (export_hf(ckpt, work / "hf"), convert_ct2(work / "hf", work / "ct2"))
+        result["model"] = {
+            "checkpoint": str(args.checkpoint),
+            "weights": weights,
+            "config": ckpt.config.to_dict(),
+            "params": ckpt.model.num_params(),
+        }
+        result["reply_lengths"] = "model" if weights == "trained" else "data"
+        for device in devices:
+            got = run_device(ckpt, weights, dirs, device, args)
+            suffix = "" if device == "cpu" else f"_{device}"
+            result[f"workload_a{suffix}"] = got["workload_a"]
+            result[f"workload_b{suffix}"] = got["workload_b"]
+            result[f"workload{suffix}"] = got["workload"]
+            result |= figures_for(ckpt, got, device, (QUICK if args.quick else Sizes()).peak_s)
+    result["versions"] = {
+        "transformers": transformers.__version__,
+        "ctranslate2": ctranslate2.__version__,
+    }
+    result["load_average"] = {"start": load_start, "end": os.getloadavg()}
+    result["notes"] = args.note
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    name = "peers-quick" if args.quick else f"peers-{devices[-1]}"
+    path = save_result(name, result, args.out)
+    json.dump(json.loads(path.read_text()), sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
