@@ -9,7 +9,7 @@ from bot.settings import Settings
 
 @click.group("adapter")
 def adapter_group() -> None:
-    """Run a platform adapter (web, telegram)."""
+    """Run a platform adapter (web, telegram, discord)."""
 
 
 @adapter_group.command("web")
@@ -53,6 +53,29 @@ def telegram_command(settings: Settings) -> None:
     from bot.runtime import find_redis_url, stop_event_on_signals
 
     async def main() -> None:
+        redis = await connect(find_redis_url(settings))
+        try:
+            await serve(settings, redis, stop_event_on_signals())
+        finally:
+            await redis.aclose()
+
+    run_async(main())
+
+
+@adapter_group.command("discord")
+@click.pass_obj
+def discord_command(settings: Settings) -> None:
+    """Answer on Discord (PARLEY_DISCORD__TOKEN): servers, threads, DMs, slash commands."""
+    from prometheus_client import start_http_server
+
+    from adapters.discord import serve
+    from bot.cli import run_async
+    from bot.redis import connect
+    from bot.runtime import find_redis_url, stop_event_on_signals
+
+    async def main() -> None:
+        if settings.discord.metrics_port:
+            start_http_server(settings.discord.metrics_port)
         redis = await connect(find_redis_url(settings))
         try:
             await serve(settings, redis, stop_event_on_signals())
