@@ -3,7 +3,8 @@
 Starts, in order: an embedded Redis-compatible server when no Redis URL is configured, an
 engine worker, the trainer service (archive and retrain jobs), and the web adapter (with no
 admin token configured, it makes one for this run and prints the dashboard's login link on
-the console, not in the log); writes the runtime file that ``parley chat`` reads; and
+the console, not in the log), then the Telegram and Discord adapters whose tokens are set;
+writes the runtime file that ``parley chat`` reads; and
 on SIGINT/SIGTERM stops taking requests, lets the engine drain, and stops everything.
 """
 
@@ -74,6 +75,9 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
             tasks.append(
                 asyncio.create_task(telegram.serve(settings, redis, stop), name="telegram")
             )
+        if settings.discord.token is not None:
+            discord = importlib.import_module("adapters.discord")
+            tasks.append(asyncio.create_task(discord.serve(settings, redis, stop), name="discord"))
         info = RuntimeInfo(pid=os.getpid(), redis_url=url, web_url=web_url)
         with runtime_file(settings.runtime_file, info):
             if web_url:
