@@ -10,6 +10,7 @@ secret in the file is refused so it never lands in version control.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -109,11 +110,12 @@ class TelegramSettings(_Section):
     @model_validator(mode="after")
     def _webhook_complete(self) -> TelegramSettings:
         if self.mode == "webhook" and (self.webhook_url is None or self.webhook_secret is None):
-            raise ValueError(
-                "webhook mode needs webhook_url and PARLEY_TELEGRAM__WEBHOOK_SECRET"
-            )
+            raise ValueError("webhook mode needs webhook_url and PARLEY_TELEGRAM__WEBHOOK_SECRET")
         if not self.webhook_path.startswith("/"):
             raise ValueError("webhook_path must start with /")
+        secret = self.webhook_secret.get_secret_value() if self.webhook_secret else "x"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
+            raise ValueError("webhook_secret must be 1-256 characters of A-Z a-z 0-9 _ -")
         return self
 
 
