@@ -95,6 +95,8 @@ class TelegramAdapter:
         self.adapter_id = client.adapter_id
         self.sender = Sender(bot, metrics, self.adapter_id)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[str] = set()
+        """Request ids being answered here: a batch fetched again while they run skips them."""
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -161,8 +163,7 @@ class TelegramAdapter:
         if not await self._within_rate(message):
             return
         rid = request_id(self.me.id, message)
-        if await self.redis.exists(keys.telegram_replied(rid)):
-            log.info("telegram: request %s was answered before; not again", rid)
+        if await self._answered(rid):
             return
         request = ChatRequest(
             id=rid,
@@ -185,11 +186,15 @@ class TelegramAdapter:
         async def typing() -> None:
             await self.sender.typing(where.chat_id, where.thread_id)
 
-        async with keep_typing(
-            typing, every_s=self.settings.typing_every_s, until=lambda: reply.started
-        ):
-            final = await pump(reply, self.replies.events(request))
-        await self._finish(reply, final, where)
+        self._in_flight.add(rid)
+        try:
+            async with keep_typing(
+                typing, every_s=self.settings.typing_every_s, until=lambda: reply.started
+            ):
+                final = await pump(reply, self.replies.events(request))
+            await self._finish(reply, final, where)
+        finally:
+            self._in_flight.discard(rid)
 
     async def _finish(
         self, reply: StreamedReply[int], final: Done | Error | None, where: _Where
@@ -212,8 +217,7 @@ class TelegramAdapter:
         if not await self._within_rate(message):
             return
         rid = request_id(self.me.id, message)
-        if await self.redis.exists(keys.telegram_replied(rid)):
-            log.info("telegram: command %s was answered before; not again", rid)
+        if await self._answered(rid):
             return
         caller = Caller(
             platform="telegram",
@@ -224,8 +228,12 @@ class TelegramAdapter:
             is_admin=message.user_id in self.settings.admin_ids,
         )
         self.client.watch(rid, taken)
-        text = await self.commands.run(message.command, message.text, caller)
-        await self._say(message, text)
+        self._in_flight.add(rid)
+        try:
+            text = await self.commands.run(message.command, message.text, caller)
+            await self._say(message, text)
+        finally:
+            self._in_flight.discard(rid)
 
     async def _say(self, message: Incoming, text: str) -> None:
         """One short answer to ``message`` (split if long), sent at most once per update."""
@@ -237,6 +245,16 @@ class TelegramAdapter:
         await reply.render(text)
 
     # -- checks --------------------------------------------------------------------------------
+
+    async def _answered(self, rid: str) -> bool:
+        """Whether request ``rid`` is being answered here or was answered (by any process)."""
+        if rid in self._in_flight:
+            log.info("telegram: request %s is being answered; not again", rid)
+            return True
+        if await self.redis.exists(keys.telegram_replied(rid)):
+            log.info("telegram: request %s was answered before; not again", rid)
+            return True
+        return False
 
     async def _allowed(self, message: Incoming) -> bool:
         """Whether the chat is allowed; else one polite refusal per chat (a week)."""

@@ -19,12 +19,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from redis.exceptions import RedisError
 from telegram import Bot, Update
 from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError
 
 from adapters.telegram.lease import PollerLease
 from adapters.telegram.sender import retry_after_s
 from bot import keys
+from bot.errors import ConfigError
 from bot.redis import Redis
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,14 @@ class Poller:
             if not updates:
                 continue
             await self.accept(updates)
+            try:
+                await self.redis.set(self.offset_key, updates[-1].update_id + 1)
+            except (RedisError, OSError) as e:  # not confirmed: the batch comes again
+                log.warning("telegram: storing the offset failed (%s); fetching again", e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), PAUSES_S[0])
+                continue
             offset = updates[-1].update_id + 1
-            await self.redis.set(self.offset_key, offset)
 
     async def _fetch(
         self, offset: int, stop: asyncio.Event, lost: asyncio.Event
@@ -101,8 +109,8 @@ class Poller:
             return ()
         try:
             updates = call.result()
-        except InvalidToken:
-            raise
+        except InvalidToken as e:
+            raise ConfigError(f"Telegram no longer accepts the bot token ({e.message})") from e
         except TelegramError as e:
             await self._trouble_pause(e, stop)
             return ()

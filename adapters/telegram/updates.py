@@ -16,6 +16,7 @@ is recognised downstream.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -175,7 +176,7 @@ def _without_mentions(msg: Message, me: BotIdentity) -> str:
     handle = "@" + me.username.lower()
     for mention in set(msg.parse_entities([MessageEntity.MENTION]).values()):
         if mention.lower() == handle:
-            text = text.replace(mention, "")
+            text = re.sub(rf"[ \t]*{re.escape(mention)}[ \t]*", " ", text)
     return text
 
 

@@ -48,7 +48,7 @@ def test_group_text_needs_a_mention_a_reply_or_a_command(api) -> None:
     assert read_update(message(api, GROUP, "hi @someone_else"), ME).action == "ignore"
     mentioned = read_update(message(api, GROUP, "hey @Parley_Test_Bot what's up"), ME)
     assert mentioned.action == "chat" and mentioned.message is not None
-    assert mentioned.message.text == "hey  what's up"
+    assert mentioned.message.text == "hey what's up"
     assert read_update(message(api, GROUP, "/help"), ME).action == "command"
 
 
@@ -67,7 +67,7 @@ def test_a_reply_to_the_bot_addresses_it(api) -> None:
 def test_mentions_after_emoji_are_found_by_utf16_offsets(api) -> None:
     decision = read_update(message(api, GROUP, "😀😀 @parley_test_bot 你好"), ME)
     assert decision.action == "chat" and decision.message is not None
-    assert decision.message.text == "😀😀  你好"
+    assert decision.message.text == "😀😀 你好"
 
 
 def test_commands_for_another_bot_are_ignored(api) -> None:
