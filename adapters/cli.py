@@ -47,12 +47,16 @@ def web_command(settings: Settings, port: int | None) -> None:
 @click.pass_obj
 def telegram_command(settings: Settings) -> None:
     """Answer on Telegram (PARLEY_TELEGRAM__TOKEN): long polling, or a webhook if configured."""
+    from prometheus_client import start_http_server
+
     from adapters.telegram import serve
     from bot.cli import run_async
     from bot.redis import connect
     from bot.runtime import find_redis_url, stop_event_on_signals
 
     async def main() -> None:
+        if settings.telegram.metrics_port:
+            start_http_server(settings.telegram.metrics_port)
         redis = await connect(find_redis_url(settings))
         try:
             await serve(settings, redis, stop_event_on_signals())

@@ -106,6 +106,8 @@ class TelegramSettings(_Section):
     """Least time between two messages or edits in a group (Telegram: 20/min)."""
     typing_every_s: float = Field(4.0, gt=0.0)
     """The typing action lasts ~5 s; it is renewed this often while a reply is awaited."""
+    metrics_port: int = Field(0, ge=0, le=65535)
+    """``parley adapter telegram`` serves Prometheus metrics on this port (0 = off)."""
 
     @model_validator(mode="after")
     def _webhook_complete(self) -> TelegramSettings:
