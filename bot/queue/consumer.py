@@ -136,6 +136,7 @@ class RequestConsumer:
             if claimed:
                 return claimed
         streams = self._streams  # set_shards may swap it while we wait
+        sent_s = time.monotonic()
         try:
             response = await self.redis.xreadgroup(
                 keys.ENGINE_GROUP,
@@ -155,7 +156,7 @@ class RequestConsumer:
         batches = [
             (streams[as_str(name)], entries, 1) for name, entries in stream_entries(response)
         ]
-        return self._track(await self._decode(batches))
+        return self._track(await self._decode(batches), sent_s)
 
     async def _decode(self, batches: Sequence[tuple[int, list[Entry], int]]) -> list[Delivery]:
         """Decode entries into deliveries; dead-letter the ones that do not decode."""
@@ -179,10 +180,11 @@ class RequestConsumer:
             log.warning("%s", e)
         return deliveries
 
-    def _track(self, deliveries: list[Delivery]) -> list[Delivery]:
-        now_s = time.monotonic()
+    def _track(self, deliveries: list[Delivery], sent_s: float) -> list[Delivery]:
+        # The time the call was sent: Redis reset the entries' idle time after it, so no
+        # other consumer can claim them before sent_s + claim_idle_ms (see lost()).
         for d in deliveries:
-            self._in_flight[(d.shard, d.entry_id)] = now_s
+            self._in_flight[(d.shard, d.entry_id)] = sent_s
         return deliveries
 
     # -- in flight ---------------------------------------------------------------------------
@@ -211,18 +213,37 @@ class RequestConsumer:
             (_KEEP, [keys.request_stream(s)], [keys.ENGINE_GROUP, self.consumer, *ids])
             for s, ids in by_shard.items()
         ]
+        sent_s = time.monotonic()
         try:
             kept_lists = await call_all(self.redis, calls)
         except (RedisError, OSError) as e:
             raise QueueError(f"keeping requests in flight failed: {e}") from e
-        now_s = time.monotonic()
         for (shard, ids), kept in zip(by_shard.items(), kept_lists, strict=True):
             kept_ids = {as_str(k) for k in kept}
             for entry_id in ids:
                 if entry_id in kept_ids:
-                    self._in_flight[(shard, entry_id)] = now_s
+                    self._in_flight[(shard, entry_id)] = sent_s
                 elif self._in_flight.pop((shard, entry_id), None) is not None:
                     log.info("entry %s of shard %d is no longer ours", entry_id, shard)
+
+    async def lost(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Of these requests read here, the ones another consumer has taken over meanwhile
+        (this worker stalled past ``claim_idle_ms``): their answers must not be written, for
+        the other consumer answers them. The rest are kept in flight.
+
+        Costs a round trip only for requests not kept alive within ``claim_idle_ms / 2``:
+        until ``claim_idle_ms`` after that, no other consumer can have claimed them.
+        """
+        now_s = time.monotonic()
+        safe_s = self.settings.claim_idle_ms / 2000
+        unsure: list[tuple[int, str]] = []
+        for d in deliveries:
+            touched_s = self._in_flight.get((d.shard, d.entry_id))
+            if touched_s is not None and now_s - touched_s >= safe_s:
+                unsure.append((d.shard, d.entry_id))
+        if unsure:
+            await self._keep(unsure)  # drops from _in_flight what is no longer ours
+        return [d for d in deliveries if (d.shard, d.entry_id) not in self._in_flight]
 
     # -- reclaiming --------------------------------------------------------------------------
 
@@ -256,7 +277,8 @@ class RequestConsumer:
             }
             if times:
                 plans.append((shard, list(times), times))
-        return self._track(await self._take(plans)) if plans else []
+        sent_s = time.monotonic()
+        return self._track(await self._take(plans), sent_s) if plans else []
 
     def _ours_in_flight(self, shard: int, row: dict[str, Any]) -> bool:
         return (
