@@ -96,7 +96,7 @@ class SlashCommands:
     async def run_chat(self, interaction: discord.Interaction, text: str) -> None:
         """``/chat``: the chat path, streamed into the follow-up."""
         request_id = policy.interaction_request_id(interaction.id)
-        if not await self._claim(request_id):
+        if not await self._claim(interaction, request_id):
             return
         await interaction.response.defer(thinking=True)
         self.metrics.messages.labels(self.adapter_id, "command").inc()
@@ -123,7 +123,7 @@ class SlashCommands:
     async def run_command(self, interaction: discord.Interaction, name: str, argument: str) -> None:
         """A shared command: defer (privately), run it in :class:`Commands`, follow up."""
         request_id = policy.interaction_request_id(interaction.id)
-        if not await self._claim(request_id):
+        if not await self._claim(interaction, request_id):
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
         self.metrics.messages.labels(self.adapter_id, "command").inc()
@@ -171,12 +171,15 @@ class SlashCommands:
             is_admin=policy.is_admin(self.settings, user.id, roles),
         )
 
-    async def _claim(self, request_id: str) -> bool:
+    async def _claim(self, interaction: discord.Interaction, request_id: str) -> bool:
+        """Claim the interaction's request id; false for a redelivery (already answered)."""
         try:
             claimed = await self.chat.state.claim(request_id)
-        except ParleyError as e:
-            # Without Redis nothing can be answered; Discord shows the user that it failed.
+        except ParleyError as e:  # Redis trouble: still answer, briefly
             log.warning("discord interaction %s: %s", request_id, e)
+            self.metrics.errors.labels(self.adapter_id, "queue").inc()
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            await interaction.followup.send(FAILED, ephemeral=True, allowed_mentions=NO_PINGS)
             return False
         if not claimed:
             log.info("discord interaction %s was delivered again; already answered", request_id)
