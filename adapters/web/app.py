@@ -29,10 +29,11 @@ from adapters.replies import Replies
 from adapters.web.admin import AdminRoutes
 from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, error_response
 from adapters.web.clients import CLIENTS, ClientAddresses, rate_limit_middleware
+from adapters.web.consent import ConsentRoutes
 from adapters.web.openai_api import OpenAIRoutes
 from adapters.web.ops import OpsRoutes
 from bot import systemd
-from bot.commands import RetrainCallback, RollbackCallback
+from bot.commands import Commands, RetrainCallback, RollbackCallback
 from bot.queue import ParleyClient
 from bot.ratelimit import RateLimiter
 from bot.redis import Redis
@@ -175,6 +176,8 @@ def create_app(
         on_rollback=on_rollback,
     ).setup(app)
     OpsRoutes(redis).setup(app)
+    commands = Commands(client, redis, registry, rollback=on_rollback)
+    ConsentRoutes(commands, adapter_id=adapter_id).setup(app)
     return app
 
 

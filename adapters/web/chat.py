@@ -194,6 +194,7 @@ def event_frame(event: ReplyEvent) -> bytes:
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
                 "model_version": event.model_version,
+                "request_id": event.request_id,
             },
         )
     return sse("error", {"code": event.code, "message": event.message})
