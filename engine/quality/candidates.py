@@ -1,0 +1,112 @@
+"""Reply candidates and the choice between them: "best of" generated and remembered lines.
+
+Three modes:
+
+- ``generate``: one sampled reply (what the engine serves).
+- ``retrieve``: the ``k`` past replies whose preceding turn best matches the user's message
+  (:class:`ReplyIndex`: SQLite FTS5, BM25), the best of them by the model's score.
+- ``hybrid``: ``n`` sampled replies plus those ``k``, the best by the model's score.
+
+The model's score of a candidate is its length-normalised log-likelihood given the
+conversation (:func:`engine.quality.relevance.reply_loglik`), or with ``ranking="pmi"`` that
+minus its likelihood without the conversation (which stops short generic lines winning
+everywhere, see :func:`engine.quality.relevance.pmi_scores`). A candidate that repeats one
+of the bot's recent lines loses ``repeat_penalty`` nats per token.
+
+The index holds whatever pairs it is given: callers build it from text that has already had
+opted-out users removed (:func:`engine.data.formatting.format_conversations` drops them).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.data.words import words
+from engine.models import LanguageModel
+from engine.quality.relevance import PRIOR_PROMPT, reply_loglik, turns_of
+from engine.tokenizer import Tokenizer
+
+Mode = Literal["generate", "retrieve", "hybrid"]
+Ranking = Literal["likelihood", "pmi"]
+MODES: tuple[Mode, ...] = ("generate", "retrieve", "hybrid")
+SERVED_MODE: Mode = "generate"
+"""The mode the engine serves today (the others exist here, for measurement)."""
+
+MAX_QUERY_WORDS = 32
+"""Words of the user's message used as the full-text query (the rest add little)."""
+
+
+class ReplyIndex:
+    """Past ``(turn, reply)`` pairs, searchable by the turn's words (FTS5, ranked by BM25)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        # One connection, used from the thread that built the index (the model thread).
+        self._db = sqlite3.connect(":memory:")
+        self._db.execute("CREATE VIRTUAL TABLE pairs USING fts5(turn, reply UNINDEXED)")
+        self._db.executemany("INSERT INTO pairs (turn, reply) VALUES (?, ?)", pairs)
+        self.size = int(self._db.execute("SELECT count(*) FROM pairs").fetchone()[0])
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> ReplyIndex:
+        """Every consecutive pair of turns of the formatted conversations ``texts``."""
+        return cls(
+            (turns[i][1], turns[i + 1][1])
+            for turns in map(turns_of, texts)
+            for i in range(len(turns) - 1)
+        )
+
+    def search(self, message: str, k: int) -> list[str]:
+        """Up to ``k`` distinct replies to the turns that best match ``message``."""
+        terms = list(dict.fromkeys(words(message)))[:MAX_QUERY_WORDS]
+        if not terms or k < 1:
+            return []
+        query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        rows = self._db.execute(
+            "SELECT reply FROM pairs WHERE pairs MATCH ? ORDER BY rank LIMIT ?", (query, 4 * k)
+        )
+        return list(dict.fromkeys(r[0] for r in rows))[:k]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen reply, and every candidate with its score (for inspection and tests)."""
+
+    reply: str
+    candidates: tuple[str, ...]
+    scores: tuple[float, ...]
+
+
+def choose(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    candidates: Sequence[str],
+    *,
+    recent_bot_lines: Sequence[str] = (),
+    ranking: Ranking = "likelihood",
+    repeat_penalty: float = 1.0,
+) -> Choice:
+    """The best of ``candidates`` as a reply after ``prompt`` (which ends in ``<|bot|>``)."""
+    unique = [c for c in dict.fromkeys(candidates) if c.strip()]
+    if not unique:
+        raise ValueError("no candidate replies to choose from")
+    scores = reply_loglik(model, tokenizer, prompt, unique)
+    if ranking == "pmi":
+        prior = reply_loglik(model, tokenizer, PRIOR_PROMPT, unique)
+        scores = [s - p for s, p in zip(scores, prior, strict=True)]
+    recent = {n for n in map(_normalise, recent_bot_lines) if n}
+    scores = [
+        s - repeat_penalty * (_normalise(c) in recent) for c, s in zip(unique, scores, strict=True)
+    ]
+    best = max(range(len(unique)), key=lambda i: scores[i])
+    return Choice(unique[best], tuple(unique), tuple(scores))
+
+
+def _normalise(line: str) -> str:
+    return " ".join(words(line))
