@@ -19,11 +19,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
 from telegram import Bot, Update
 from telegram.error import TelegramError
 
 from adapters.pump import StreamedReply, keep_typing, pump
-from adapters.replies import Replies
+from adapters.replies import UNAVAILABLE_MESSAGE, Replies
 from adapters.telegram.metrics import TelegramMetrics
 from adapters.telegram.queue import TrackedClient
 from adapters.telegram.sender import Sender, TelegramSink
@@ -39,6 +40,7 @@ from adapters.telegram.updates import (
 from adapters.text import utf16_length
 from bot import keys
 from bot.commands import Caller, Commands
+from bot.errors import ParleyError
 from bot.ratelimit import RateLimiter
 from bot.redis import Redis
 from bot.settings import TelegramSettings
@@ -143,14 +145,18 @@ class TelegramAdapter:
         if decision.action == "ignore" or message is None:
             log.debug("telegram: ignoring a %s update", decision.kind)
             return
-        if not await self._allowed(message):
-            return
-        if decision.action == "note":
-            await self._say(message, decision.note)
-        elif decision.action == "command":
-            await self._command(message, taken)
-        else:
-            await self._chat(message, taken)
+        try:
+            if not await self._allowed(message):
+                return
+            if decision.action == "note":
+                await self._say(message, decision.note)
+            elif decision.action == "command":
+                await self._command(message, taken)
+            else:
+                await self._chat(message, taken)
+        except (ParleyError, RedisError, OSError) as e:  # Redis failing: the limit, the claims
+            log.warning("telegram: update %s failed: %s", message.update_id, e)
+            await self._say(message, UNAVAILABLE_MESSAGE)
 
     # -- the three answers ---------------------------------------------------------------------
 
@@ -160,10 +166,8 @@ class TelegramAdapter:
             text = TOO_LONG.format(n=len(message.text), limit=self.settings.max_message_chars)
             await self._say(message, text)
             return
-        if not await self._within_rate(message):
-            return
         rid = request_id(self.me.id, message)
-        if await self._answered(rid):
+        if await self._answered(rid) or not await self._within_rate(message):
             return
         request = ChatRequest(
             id=rid,
@@ -214,10 +218,8 @@ class TelegramAdapter:
 
     async def _command(self, message: Incoming, taken: asyncio.Future[None]) -> None:
         assert message.command is not None
-        if not await self._within_rate(message):
-            return
         rid = request_id(self.me.id, message)
-        if await self._answered(rid):
+        if await self._answered(rid) or not await self._within_rate(message):
             return
         caller = Caller(
             platform="telegram",

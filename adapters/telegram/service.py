@@ -15,7 +15,7 @@ import os
 import socket
 
 from telegram import Bot, BotCommand, BotCommandScopeChat, BotCommandScopeDefault
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.request import HTTPXRequest
 
 from adapters.metrics import adapter_metrics
@@ -84,6 +84,11 @@ async def serve(
         await bot.initialize()  # getMe: checks the token
     except InvalidToken as e:
         raise ConfigError(f"Telegram refused the bot token ({e.message}); check it") from e
+    except NetworkError as e:
+        raise ConfigError(
+            f"cannot reach the Telegram Bot API at {tg.base_url} ({e.message}); "
+            "check the network and telegram.base_url"
+        ) from e
     try:
         await _serve(settings, redis, bot, stop, ready)
     finally:
