@@ -12,12 +12,15 @@ to fix rather than on the first message.
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bot import sentinel
 from bot.errors import QueueError
 
 Redis = aioredis.Redis
@@ -33,12 +36,13 @@ def redact(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    query = re.sub(r"(password=)[^&]*", r"\1***", parts.query)
+    if not colon and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = f"{user}:***{at}{hosts}" if colon else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 async def connect(url: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> Redis:
@@ -46,15 +50,18 @@ async def connect(url: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOU
 
     The client returns bytes (``decode_responses=False``), which the queue classes rely on.
     """
+    options: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_connect_timeout": connect_timeout_s,
+        "socket_timeout": None,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
     try:
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=connect_timeout_s,
-            socket_timeout=None,
-            socket_keepalive=True,
-            health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        )
+        if sentinel.is_sentinel_url(url):  # the master of a Sentinel-monitored service
+            client: Redis = sentinel.master_client(url, **options)
+        else:
+            client = aioredis.Redis.from_url(url, **options)
     except (ValueError, RedisError) as e:
         raise QueueError(
             f"invalid Redis URL {redact(url)!r}: {e} (expected redis://host:port/db)"
