@@ -65,12 +65,12 @@ from bot.wire import ChatRequest, Sampling, Turn
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.data.formatting import format_prompt
 from engine.export import check_llama_layout, export_hf
-from engine.metrics import EngineMetrics
 from engine.models import build_model
-from engine.scheduler import Scheduler
+from engine.serve.metrics import EngineMetrics
+from engine.serve.scheduler import Scheduler
+from engine.serve.work import Failed, Finished, Progress, Work
 from engine.service import choose_decode_dtype, weights_dtype
 from engine.train.data import load_texts
-from engine.work import Failed, Finished, Progress, Work
 
 log = logging.getLogger("bench.peers")
 
@@ -620,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     started, load_start = time.perf_counter(), os.getloadavg()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     result: dict[str, Any] = {"quick": args.quick, "threads": args.threads}
+    result["sampling"] = {"temperature": TEMPERATURE, "top_k": 0, "top_p": 1.0}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ckpt, weights = bench_model(args.checkpoint, work)

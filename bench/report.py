@@ -13,11 +13,14 @@ A result file without ``meta`` (written before results carried it) is listed as 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +84,136 @@ def save_result(name: str, figures: dict[str, Any], directory: Path = RESULTS) -
 def load_results(directory: Path = RESULTS) -> dict[str, dict[str, Any]]:
     """Every result file, by name (the file name without ``.json``)."""
     return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+
+# ------------------------------------------------------------------------------ the README
+
+PEER_BASELINES = {
+    "parley": "Parley's scheduler, driven in-process: continuous batching of up to 64 rows, "
+    'prompts in chunks, the dtype `engine.dtype = "auto"` picks',
+    "transformers": "`LlamaForCausalLM.generate` on the export: a static batch of whatever "
+    "waits (up to 64, left-padded), its default KV cache; a batch runs until its last row ends",
+    "transformers-bf16": "the same in bfloat16",
+    "ctranslate2": "`Generator.generate_batch` on the export converted by CTranslate2's "
+    "transformers converter, float32, batched the same way; a row stops at its own end",
+    "ctranslate2-int8": "the same with int8 weights (what CTranslate2 recommends on a CPU)",
+}
+
+
+def _ms(side: dict[str, Any], what: str) -> str:
+    return f"{side[f'{what}_p50_ms']:,.0f} / {side[f'{what}_p99_ms']:,.0f}"
+
+
+def describe_run(name: str, result: dict[str, Any]) -> str:
+    meta = result.get("meta")
+    if not meta:
+        return f"`{name}.json`: no commit or machine recorded (written before results carried them)"
+    m = meta["machine"]
+    gpu = f", {m['gpu']}" if m.get("gpu") else ", no GPU"
+    dirty = " + uncommitted changes" if meta.get("uncommitted_changes") else ""
+    return (
+        f"[`{name}.json`](bench/results/{name}.json): commit `{meta['commit'][:10]}`{dirty}, "
+        f"{meta['date'][:10]}, {m['cpu']} ({m['cores']} cores{gpu}), torch {m['torch']}"
+    )
+
+
+def render_peers(name: str, r: dict[str, Any]) -> list[str]:
+    wb = r["workload"]["b"]
+    lines = [
+        f"**Peers on the same weights** — `python -m bench.peers` ({describe_run(name, r)}; "
+        f"{r['threads']} threads on every side, temperature {r['sampling']['temperature']} "
+        "over the whole vocabulary).",
+        "",
+        f"(a) {r['workload']['a']['sequences']} sequences × {r['workload']['a']['new_tokens']} "
+        f"new tokens at once. (b) {wb['conversations']} chitchat-validation conversations, "
+        f"Poisson arrivals at {wb['arrival_rate_per_s']}/s, mean prompt "
+        f"{wb['mean_prompt_tokens']} tokens, replies of {wb['mean_reply_tokens']} tokens on "
+        f"average (cap {wb['reply_cap']}; "
+        + (
+            "ending at the model's end-of-turn"
+            if r["reply_lengths"] == "model"
+            else "random weights, so each reply ends where the human reply it stands for did"
+        )
+        + f"). Model: {r['model']['params']:,} parameters, {r['model']['weights']} weights. "
+        f"Best of {r['workload']['repeats']} interleaved runs per side.",
+        "",
+        "| side | dtype | (a) tokens/s | (a) TTFT p50 / p99 ms | (a) ITL p50 / p99 ms "
+        "| (b) tokens/s | (b) TTFT p50 / p99 ms | (b) ITL p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for side, a in r["workload_a"].items():
+        b = r["workload_b"][side]
+        bold = "**" if side.startswith("parley") else ""
+        lines.append(
+            f"| {bold}{side}{bold} | {a['dtype']} | {a['tokens_per_s']:,.0f} | {_ms(a, 'ttft')} "
+            f"| {_ms(a, 'itl')} | {b['tokens_per_s']:,.0f} | {_ms(b, 'ttft')} | {_ms(b, 'itl')} |"
+        )
+    mfu = r["decode_mfu_detail"]
+    lines += [
+        "",
+        f"Parley over the best peer: (a) **{r['best_peer_ratio_a']:.2f}×** "
+        f"({r['best_peer_a']}), (b) **{r['best_peer_ratio_b']:.2f}×** ({r['best_peer_b']}); "
+        "Parley's p99 TTFT in (b) is "
+        + ("below" if r["parley_p99_ttft_below_every_peer_b"] else "not below")
+        + " every peer's. Decode FLOP utilisation at "
+        f"{mfu['rows']} rows: **{100 * r['decode_mfu']:.1f}%** of a {mfu['peak_dtype']} matmul "
+        f"peak measured in the run ({mfu['peak_flops'] / 1e9:,.0f} GFLOP/s; "
+        f"{mfu['flops_per_token'] / 1e6:.1f} MFLOP per token; prefill time included).",
+        "",
+    ]
+    lines += [
+        f"- {side}: {PEER_BASELINES[side]}." for side in r["workload_a"] if side in PEER_BASELINES
+    ]
+    lines += [f"- Note: {note}" for note in r.get("notes", [])]
+    return lines
+
+
+RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {"peers-": render_peers}
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    """The README block for ``results`` (quick runs left out)."""
+    lines = [
+        START,
+        "<!-- Generated by `python -m bench.report` from bench/results/*.json: edit those "
+        "scripts, not this block. -->",
+        "",
+    ]
+    others = []
+    for name, result in results.items():
+        if result.get("quick"):
+            continue
+        renderer = next((f for p, f in RENDERERS.items() if name.startswith(p)), None)
+        if renderer is None:
+            others.append(describe_run(name, result))
+        else:
+            lines += [*renderer(name, result), ""]
+    if others:
+        lines += ["Other result files:", "", *[f"- {o}" for o in others], ""]
+    return "\n".join([*lines, END])
+
+
+def rewrite(readme: str, block: str) -> str:
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"README.md has no {START} ... {END} block to rewrite")
+    return readme[:start] + block + readme[end + len(END) :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rewrite README.md's figures from bench/results.")
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
+    args = parser.parse_args(argv)
+    readme = README.read_text(encoding="utf-8")
+    updated = rewrite(readme, render(load_results()))
+    if args.check:
+        if updated != readme:
+            print("README.md's figures differ from bench/results: run python -m bench.report")
+            return 1
+        return 0
+    README.write_text(updated, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,7 @@ import torch
 
 from bench import engine as engine_bench
 from bench import gpu as gpu_bench
+from bench import report
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +61,13 @@ def test_peers_bench_quick_writes_its_figures(
     assert all(side["ttft_p99_ms"] >= side["ttft_p50_ms"] > 0 for side in b.values())
     assert result["best_peer_ratio_a"] > 0 and result["best_peer_ratio_b"] > 0
     assert 0 < result["decode_mfu"] < 1
+
+    # bench/report.py turns it into the README's block, leaving the rest of the file alone.
+    block = report.render({"peers-cpu": {**result, "quick": False}})
+    readme = f"intro\n{report.START}\nold figures\n{report.END}\noutro\n"
+    rewritten = report.rewrite(readme, block)
+    assert rewritten.startswith("intro\n<!-- bench:start -->") and rewritten.endswith("\noutro\n")
+    assert "old figures" not in rewritten
+    parley_row = next(line for line in block.splitlines() if line.startswith("| **parley**"))
+    assert f"| {a['parley']['tokens_per_s']:,.0f} |" in parley_row
+    assert "| side |" not in report.render({"peers-quick": result})  # quick runs are left out
