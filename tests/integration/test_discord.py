@@ -452,10 +452,18 @@ async def test_a_429_from_rest_is_retried_by_the_library_and_counted(
 # -- slash commands ----------------------------------------------------------------------------
 
 
-async def run_slash(fake: FakeDiscord, user: Any, channel: Any, name: str, **opts: str) -> str:
-    """Run ``/name``; check it was deferred and answered by a follow-up; the follow-up text."""
+async def run_slash(
+    fake: FakeDiscord, user: Any, channel: Any, name: str, *, until: str = "", **opts: str
+) -> str:
+    """Run ``/name``; check it was deferred and answered by a follow-up; the follow-up text
+    (once it starts with ``until``: a streamed ``/chat`` follow-up is edited as it grows)."""
     interaction = await fake.slash(user, channel, name, **opts)
-    await fake.wait_for(lambda: bool(fake.followups(interaction)))
+
+    def answered() -> bool:
+        followups = fake.followups(interaction)
+        return bool(followups) and followups[0].text.startswith(until)
+
+    await fake.wait_for(answered)
     assert [c["type"] for c in interaction.callbacks] == [5]  # deferred, "thinking"
     return "\n".join(m.text for m in fake.followups(interaction))
 
@@ -484,7 +492,9 @@ async def test_every_slash_command(
     )
     async with trainer_running(redis, settings), running_adapter(settings, redis):
         synced = {c["name"] for c in fake.commands[world.guild.id]}
-        chat = await run_slash(fake, world.bob, world.general, "chat", message="hi via slash")
+        chat = await run_slash(
+            fake, world.bob, world.general, "chat", until="echo:", message="hi via slash"
+        )
         help_text = await run_slash(fake, world.bob, world.general, "help")
         reset = await run_slash(fake, world.bob, world.general, "reset")
         forget = await run_slash(fake, world.bob, world.general, "forget")
