@@ -71,3 +71,19 @@ def test_peers_bench_quick_writes_its_figures(
     parley_row = next(line for line in block.splitlines() if line.startswith("| **parley**"))
     assert f"| {a['parley']['tokens_per_s']:,.0f} |" in parley_row
     assert "| side |" not in report.render({"peers-quick": result})  # quick runs are left out
+
+
+def test_soak_bench_quick_prints_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("openai")
+    from bench import soak as soak_bench
+
+    if soak_bench.shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    assert soak_bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    keys = ("users", "requests", "lost", "duplicated", "p50_ms", "p99_ms", "busy_replies")
+    assert all(key in result for key in (*keys, "peak_rss_mb", "peak_redis_mb"))
+    assert result["lost"] == result["duplicated"] == 0 and result["requests"] > 0
+    assert json.loads((tmp_path / "soak-quick.json").read_text())["meta"]["commit"]
