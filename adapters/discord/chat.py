@@ -110,6 +110,9 @@ class DiscordChat:
     async def _guarded(self, work: Awaitable[None], name: str) -> None:
         try:
             await work
+        except discord.HTTPException as e:  # e.g. no permission to post in that channel
+            self.metrics.errors.labels(self.adapter_id, "discord").inc()
+            log.warning("discord %s: Discord refused a request: %s", name, e)
         except Exception:  # one failing message must not take the adapter down
             self.metrics.errors.labels(self.adapter_id, "handler").inc()
             log.exception("discord %s failed", name)

@@ -104,6 +104,8 @@ class FakeDiscord:
         """Channel ids of every typing indicator the bot triggered, in order."""
         self.rate_limited: list[str] = []
         """``METHOD path`` of every request answered with an injected 429."""
+        self.read_only: set[int] = set()
+        """Channels where the bot lacks Send Messages: posting there answers 403."""
         self.identifies = 0
         """Sessions started (IDENTIFY accepted)."""
         self.refused_intents = 0
@@ -487,6 +489,8 @@ class FakeDiscord:
             channel = self.channels.get(int(m.group(1)))
             if channel is None or method != "POST":
                 return _error(404, 10003, "Unknown Channel")
+            if channel.id in self.read_only:
+                return _error(403, 50013, "Missing Permissions")
             return await self._post_message(channel, body)
         if m := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path):
             return await self._edit_message(method, int(m.group(2)), body)

@@ -324,6 +324,21 @@ async def test_engine_error_becomes_a_short_human_reply(
     assert reply.text == "I'm busy, try again in a moment."
 
 
+async def test_a_channel_it_may_not_post_in_costs_one_logged_error(
+    fake, world, redis, redis_settings, tmp_path, echo_engine
+) -> None:
+    fake.read_only.add(world.chatty.id)
+    settings = settings_for(world, redis_settings, tmp_path)
+    async with running_adapter(settings, redis):
+        refused = await fake.say(world.bob, world.chatty, "can you answer here?")
+        # Handled in order: the refusal is counted long before this message's reply lands.
+        asked = await fake.say(world.bob, world.general, "and here?", mention_bot=True)
+        assert (await reply_to(fake, asked)).text == "echo: and here?"
+    assert fake.replies_to(refused) == []
+    assert metric("parley_discord_errors_total", settings, kind="discord") == 1
+    assert metric("parley_discord_errors_total", settings, kind="handler") == 0
+
+
 async def test_an_over_long_message_gets_a_short_answer(
     fake, world, redis, redis_settings, tmp_path, echo_engine
 ) -> None:
@@ -429,8 +444,8 @@ async def test_a_rate_limited_user_gets_one_notice_per_window(
         notice = await reply_to(fake, third)
         fourth = await fake.say(world.alice, world.general, "four", mention_bot=True)
         other = await fake.say(world.bob, world.general, "my turn", mention_bot=True)
-        await reply_to(fake, other)
-        await fake.wait_for(lambda: metric("parley_discord_throttled_total", settings) == 2)
+        await reply_to(fake, other)  # handled after "four", whose refusal is quick
+    assert metric("parley_discord_throttled_total", settings) == 2
     assert notice.text.startswith("You're sending messages faster than I can answer.")
     assert fake.replies_to(fourth) == []
     assert [d.request.text for d in echo_engine.served] == ["one", "two", "my turn"]
