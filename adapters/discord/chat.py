@@ -168,10 +168,14 @@ class DiscordChat:
             message.channel, reference=message, metrics=self.metrics, adapter_id=self.adapter_id
         )
         sent = await self.stream(request, sink, typing=message.channel)
-        if self.settings.context == "reply-chain" and sent:
-            await self.state.extend_chain((m.id for m in sent), root or message.id)
-        if incoming.in_thread and sent:
-            await self.state.join_thread(incoming.channel_id)
+        try:  # bookkeeping for the next message; the reply itself is out
+            if self.settings.context == "reply-chain" and sent:
+                await self.state.extend_chain((m.id for m in sent), root or message.id)
+            if incoming.in_thread and sent:
+                await self.state.join_thread(incoming.channel_id)
+        except ParleyError as e:
+            self.metrics.errors.labels(self.adapter_id, "queue").inc()
+            log.warning("discord message %s: answered, but not remembered: %s", message.id, e)
 
     async def refusal(self, user_id: int, text: str) -> str | None:
         """Why not to answer (a notice to send, or ``""`` to stay quiet), else ``None``."""
