@@ -31,9 +31,10 @@ from bot.redis import Redis
 
 log = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = ("message", "callback_query")
-"""What Parley asks Telegram for: messages (in private chats and groups) and, since a stray
-inline button press must stop spinning, callback queries. No edits, channel posts, members."""
+ALLOWED_UPDATES = ("message",)
+"""What Parley asks Telegram for: new messages (private chats and groups). Not edits, channel
+posts, member changes or callback queries (Parley sends no buttons); should one arrive anyway,
+the adapter ignores it (a callback query is answered, so its button stops spinning)."""
 BATCH_LIMIT = 100
 PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 

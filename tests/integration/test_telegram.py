@@ -57,7 +57,7 @@ async def test_private_message_gets_the_engine_reply(fake, settings, redis, echo
     assert isinstance(served.request, ChatRequest)
     assert served.request.conversation == f"telegram:{ALICE.id}:{ALICE.id}"
     assert served.request.user == f"telegram:{ALICE.id}"
-    assert fake.allowed_updates == ["message", "callback_query"]
+    assert fake.allowed_updates == ["message"]
     assert fake.calls_of("deleteWebhook")  # polling mode clears any webhook first
 
 
