@@ -145,13 +145,14 @@ class Sender:
             except BadRequest as e:
                 if "not modified" in str(e).lower():
                     raise _NotModified from e
-                self._count(str(e))
-                if _gone(e):
-                    raise ReplyGone(str(e)) from e
-                log.warning("%s to chat %s refused: %s; ending this reply", method, chat_id, e)
+                kind = _bad_request_kind(e)
+                self._count(kind)
+                if kind != "gone":
+                    log.warning("%s to chat %s refused: %s; ending this reply", method, chat_id, e)
                 raise ReplyGone(str(e)) from e
-            except Forbidden as e:
+            except Forbidden as e:  # blocked by the user, removed from the group
                 self._count("forbidden")
+                log.info("%s to chat %s forbidden: %s", method, chat_id, e)
                 raise ReplyGone(str(e)) from e
             except NetworkError as e:  # 5xx, timeouts, connection failures
                 self._count("network")
@@ -161,15 +162,24 @@ class Sender:
                 )
                 self.pacer.hold(chat_id, pause_s)
             except TelegramError as e:
-                self._count(type(e).__name__)
+                self._count("other")
                 log.warning("%s to chat %s failed: %s; ending this reply", method, chat_id, e)
                 raise ReplyGone(str(e)) from e
         log.warning("%s to chat %s: giving up after %d attempts", method, chat_id, MAX_ATTEMPTS)
         raise ReplyGone(f"{method} kept failing")
 
-    def _count(self, error: str) -> None:
-        label = error.lower().split(":")[-1].strip()[:40] or "unknown"
-        self._metrics.errors.labels(self._adapter_id, label).inc()
+    def _count(self, kind: str) -> None:
+        """Count a failed call by kind: a small fixed set, so the label stays bounded."""
+        self._metrics.errors.labels(self._adapter_id, kind).inc()
+
+
+def _bad_request_kind(error: BadRequest) -> str:
+    text = str(error).lower()
+    if "too long" in text:
+        return "too_long"
+    if _gone(error):
+        return "gone"
+    return "bad_request"
 
 
 class _NotModified(Exception):

@@ -204,10 +204,19 @@ async def test_a_429_storm_is_waited_out_and_counted(fake, settings, redis, echo
 
 
 def retry_after_count() -> float:
+    return counted("parley_telegram_retry_after")
+
+
+def counted(name: str, **labels: str) -> float:
+    """The sum of a counter's samples (over every adapter) whose labels include ``labels``."""
     total = 0.0
     for metric in REGISTRY.collect():
-        if metric.name == "parley_telegram_retry_after":
-            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+        if metric.name == name:
+            total += sum(
+                s.value
+                for s in metric.samples
+                if s.name.endswith("_total") and labels.items() <= s.labels.items()
+            )
     return total
 
 
@@ -319,6 +328,8 @@ async def test_no_engine_means_a_short_human_reply(fake, redis_settings, tmp_pat
 
 
 async def test_api_errors_end_one_reply_not_the_adapter(fake, settings, redis, echo_engine) -> None:
+    network = counted("parley_telegram_api_errors", error="network")
+    too_long = counted("parley_telegram_api_errors", error="too_long")
     fake.fail_next("sendMessage", BAD_GATEWAY, times=2)  # retried
     async with running_adapter(settings, redis):
         fake.send_text(private(ALICE), ALICE, "one")
@@ -330,6 +341,8 @@ async def test_api_errors_end_one_reply_not_the_adapter(fake, settings, redis, e
         fake.send_text(private(ALICE), ALICE, "three")
         await fake.wait_for(lambda: texts(fake, ALICE.id)[-1:] == ["echo: three"])
     assert texts(fake, ALICE.id) == ["echo: one", "echo: three"]
+    assert counted("parley_telegram_api_errors", error="network") - network == 2
+    assert counted("parley_telegram_api_errors", error="too_long") - too_long == 1
 
 
 async def test_a_409_conflict_is_one_log_line(fake, settings, redis, echo_engine, caplog) -> None:
