@@ -1,13 +1,14 @@
 """deploy/redis.conf on a real redis-server, and Parley through a real Redis Sentinel.
 
-The servers are started by the test (skipped where redis-server is not installed) on free
-ports of 127.0.0.1, each in its own directory.
+The servers are started by the test (skipped where redis-server is not installed, except
+under ``.ci/run``, which installs it) on free ports of 127.0.0.1, each in its own directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -25,6 +26,8 @@ from bot.sentinel import parse_sentinel_url
 REDIS_SERVER = shutil.which("redis-server")
 DEPLOY_CONF = Path(__file__).parents[2] / "deploy" / "redis.conf"
 PASSWORD = "test-password-for-redis"
+if REDIS_SERVER is None and os.environ.get("PARLEY_REQUIRE_DEPLOY_TOOLS"):  # set by .ci/run
+    raise RuntimeError("PARLEY_REQUIRE_DEPLOY_TOOLS is set but redis-server is not installed")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 
