@@ -138,6 +138,12 @@ def telegram_replied(request_id: str) -> str:
     return f"{PREFIX}:tg:replied:{request_id}"
 
 
+def telegram_reply_message(bot_id: int, chat_id: int, message_id: int) -> str:
+    """String with TTL: the request id a message of the bot's answers, so a 👍/👎 reaction on
+    it becomes feedback on that reply."""
+    return f"{PREFIX}:tg:{bot_id}:msg:{chat_id}:{message_id}"
+
+
 def telegram_refused(bot_id: int, chat_id: int) -> str:
     """String with TTL: the chat outside ``telegram.allowed_chats`` was told so once."""
     return f"{PREFIX}:tg:{bot_id}:refused:{chat_id}"
