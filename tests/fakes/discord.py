@@ -74,6 +74,10 @@ class _Interaction:
     created_s: float
     callbacks: list[Payload] = field(default_factory=list)
     followups: list[int] = field(default_factory=list)
+    payload: Payload = field(default_factory=dict)
+    """The INTERACTION_CREATE data, kept for :meth:`FakeDiscord.redeliver`."""
+    attempts: int = 0
+    """Callback requests received, refused ones included."""
 
 
 @dataclass
@@ -246,6 +250,10 @@ class FakeDiscord:
             payload["content"] = ""  # what Discord sends without the intent
         await self.dispatch("MESSAGE_CREATE", payload)
 
+    async def redeliver(self, interaction: _Interaction) -> None:
+        """Dispatch ``interaction``'s INTERACTION_CREATE again (as a replayed event would)."""
+        await self.dispatch("INTERACTION_CREATE", interaction.payload)
+
     async def slash(self, user: User, channel: Channel, name: str, **options: str) -> _Interaction:
         """``user`` runs ``/name`` in ``channel``: INTERACTION_CREATE, as Discord sends it."""
         guild = self._guild_of(channel)
@@ -280,6 +288,7 @@ class FakeDiscord:
             data["data"]["guild_id"] = str(guild.id)
         else:
             data.update(user=user.payload(), context=1)
+        interaction.payload = data
         await self.dispatch("INTERACTION_CREATE", data)
         return interaction
 
@@ -501,6 +510,7 @@ class FakeDiscord:
             interaction = self.interactions.get(int(m.group(1)))
             if interaction is None or interaction.token != m.group(2):
                 return _error(404, 10062, "Unknown interaction")
+            interaction.attempts += 1
             if time.monotonic() - interaction.created_s > INTERACTION_ACK_WINDOW_S:
                 return _error(404, 10062, "Unknown interaction")
             if interaction.callbacks:

@@ -168,6 +168,17 @@ async def test_dm_and_answer_channel_and_other_bots(
     assert [m.channel.type for m in fake.replies_to(dm)] == [1]
 
 
+async def test_random_replies_answer_unaddressed_messages(
+    fake, world, redis, redis_settings, tmp_path, echo_engine
+) -> None:
+    settings = settings_for(world, redis_settings, tmp_path, random_reply_probability=1.0)
+    async with running_adapter(settings, redis):
+        chatter = await fake.say(world.bob, world.general, "nice weather today")
+        reply = await reply_to(fake, chatter)
+    assert reply.text == "echo: nice weather today"
+    assert metric("parley_discord_messages_total", settings, reason="random") == 1
+
+
 async def test_dms_off(fake, world, redis, redis_settings, tmp_path, echo_engine) -> None:
     settings = settings_for(world, redis_settings, tmp_path, allow_dms=False)
     async with running_adapter(settings, redis):
@@ -540,8 +551,12 @@ async def test_a_non_admin_cannot_retrain(
     async with running_adapter(settings, redis):
         refused = await run_slash(fake, world.bob, world.general, "retrain")
         refused_model = await run_slash(fake, world.bob, world.general, "model")
+        first = next(iter(fake.interactions.values()))
+        await fake.redeliver(first)  # the same interaction again: no second answer
+        await run_slash(fake, world.bob, world.general, "help")
     assert refused == "Only this bot's admins can use /retrain."
     assert refused_model == "Only this bot's admins can use /model."
+    assert first.attempts == 1 and len(fake.followups(first)) == 1  # not even tried again
     assert await redis.exists(keys.TRAINER_REQUESTS) == 0  # nothing was asked of the trainer
 
 
