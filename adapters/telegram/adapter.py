@@ -1,14 +1,17 @@
-"""Handling Telegram updates: each becomes a streamed reply, a command's answer, a note, or nothing.
+"""Handling Telegram updates: each becomes a streamed reply, a command's answer, a note,
+feedback, or nothing.
 
 :meth:`TelegramAdapter.accept` starts handling a batch of updates and returns once every one
 of them is *taken*: its request is in its Redis request stream (chat messages, ``/reset``,
-``/forget``), or its answer is sent (other commands, notes), or it needs nothing. The poller
-confirms the batch's offset to Telegram only after that, so an update that is not yet kept
-anywhere is delivered again after a crash. Replies then stream on in the background.
+``/forget``), or its answer is sent (other commands, notes; a command still running after
+:data:`COMMAND_HOLD_S` counts as taken), or it needs nothing more. The poller confirms the
+batch's offset to Telegram only after that, so an update that is not yet kept anywhere is
+delivered again after a crash. Replies then stream on in the background.
 
 A redelivered update carries the same ids, hence the same request id; the first message of a
 reply is sent only if its claim (:func:`bot.keys.telegram_replied`) is new, and an update
-whose claim exists is not sent to the engine again.
+whose claim exists is not sent to the engine again. The messages of a reply are remembered
+(:func:`bot.keys.telegram_reply_message`) so a 👍/👎 on them becomes feedback on it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from telegram import Bot, Update
 from telegram.error import TelegramError
 
 from adapters.pump import StreamedReply, keep_typing, pump
-from adapters.replies import UNAVAILABLE_MESSAGE, Replies
+from adapters.replies import UNAVAILABLE_MESSAGE, Replies, closing_iter
 from adapters.telegram.metrics import TelegramMetrics
 from adapters.telegram.queue import TrackedClient
 from adapters.telegram.sender import Sender, TelegramSink
@@ -32,6 +35,7 @@ from adapters.telegram.updates import (
     BotIdentity,
     Decision,
     Incoming,
+    Reaction,
     conversation_key,
     read_update,
     request_id,
@@ -52,6 +56,12 @@ MAX_TEXT_UTF16 = 4096
 REPLIED_TTL_S = 3 * 24 * 3600
 """Telegram keeps an unconfirmed update for 24 hours; a claim outlives any redelivery."""
 REFUSED_TTL_S = 7 * 24 * 3600
+REPLY_MESSAGE_TTL_S = 30 * 24 * 3600
+"""How long a reaction on a reply still counts as feedback."""
+COMMAND_HOLD_S = 5.0
+"""A command still running after this long (a /retrain following its job, a /forget waiting
+for the trainer) no longer holds back the next getUpdates; its answer may then be lost in a
+crash, which a user can repair by sending the command again."""
 
 REFUSAL = "Sorry — this bot only talks in the chats its owner has allowed."
 TOO_LONG = "That message is too long for me ({n} characters; I read at most {limit})."
@@ -141,6 +151,9 @@ class TelegramAdapter:
         if decision.action == "callback":
             await self._answer_callback(decision.callback_id)
             return
+        if decision.reaction is not None:
+            await self._reaction(decision.reaction)
+            return
         message = decision.message
         if decision.action == "ignore" or message is None:
             log.debug("telegram: ignoring a %s update", decision.kind)
@@ -197,6 +210,8 @@ class TelegramAdapter:
             ):
                 final = await pump(reply, self.replies.events(request))
             await self._finish(reply, final, where)
+            if isinstance(final, Done):
+                await self._remember(reply, where.chat_id, rid)
         finally:
             self._in_flight.discard(rid)
 
@@ -230,14 +245,22 @@ class TelegramAdapter:
             is_admin=message.user_id in self.settings.admin_ids,
         )
         self.client.watch(rid, taken)
+        # A command that keeps going (/retrain follows its job) must not hold up polling.
+        hold = asyncio.get_running_loop().call_later(COMMAND_HOLD_S, _settle, taken)
         self._in_flight.add(rid)
         try:
-            text = await self.commands.run(message.command, message.text, caller)
-            await self._say(message, text)
+            answer = await self.commands.answer(message.command, message.text, caller)
+            reply = await self._say(message, answer.text)
+            if answer.updates is not None:
+                _settle(taken)
+                async with closing_iter(answer.updates) as updates:
+                    async for text in updates:  # /retrain's progress: edit the answer
+                        await reply.render(text)
         finally:
+            hold.cancel()
             self._in_flight.discard(rid)
 
-    async def _say(self, message: Incoming, text: str) -> None:
+    async def _say(self, message: Incoming, text: str) -> StreamedReply[int]:
         """One short answer to ``message`` (split if long), sent at most once per update."""
         where = self._where(message)
         rid = request_id(self.me.id, message)
@@ -245,6 +268,34 @@ class TelegramAdapter:
             self._sink(where, rid), limit=MAX_TEXT_UTF16, interval_s=0.0, measure=utf16_length
         )
         await reply.render(text)
+        return reply
+
+    async def _reaction(self, reaction: Reaction) -> None:
+        """A 👍/👎 (or taking it back) on one of the bot's replies: feedback on that reply."""
+        key = keys.telegram_reply_message(self.me.id, reaction.chat_id, reaction.message_id)
+        answered = await self.redis.get(key)
+        if answered is None:
+            return  # not a reply of this bot (or too old)
+        caller = Caller(
+            platform="telegram",
+            user=user_key(reaction.user_id),
+            conversation=f"telegram:{reaction.chat_id}:{reaction.user_id}",
+            request_id=f"tg:{self.me.id}:{reaction.update_id}:reaction",
+            reply_to=self.adapter_id,
+        )
+        reply_id = answered.decode() if isinstance(answered, bytes) else str(answered)
+        await self.commands.feedback(caller, reply_id, reaction.value)
+        log.info("telegram: feedback %+d on %s", reaction.value, reply_id)
+
+    async def _remember(self, reply: StreamedReply[int], chat_id: int, rid: str) -> None:
+        """Which request each message of ``reply`` answers, for reactions on it."""
+        if not reply.messages:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for message_id in reply.messages:
+            key = keys.telegram_reply_message(self.me.id, chat_id, message_id)
+            pipe.set(key, rid, ex=REPLY_MESSAGE_TTL_S)
+        await pipe.execute()
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -314,3 +365,8 @@ class TelegramAdapter:
             await self.bot.answer_callback_query(callback_id)
         except TelegramError as e:
             log.debug("telegram: answering callback %s failed: %s", callback_id, e)
+
+
+def _settle(taken: asyncio.Future[None]) -> None:
+    if not taken.done():
+        taken.set_result(None)

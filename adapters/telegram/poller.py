@@ -31,10 +31,12 @@ from bot.redis import Redis
 
 log = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = ("message",)
-"""What Parley asks Telegram for: new messages (private chats and groups). Not edits, channel
-posts, member changes or callback queries (Parley sends no buttons); should one arrive anyway,
-the adapter ignores it (a callback query is answered, so its button stops spinning)."""
+ALLOWED_UPDATES = ("message", "message_reaction")
+"""What Parley asks Telegram for: new messages (private chats and groups) and reactions (a
+👍/👎 on a reply is feedback; in groups Telegram sends reactions only to admin bots). Not
+edits, channel posts, member changes or callback queries (Parley sends no buttons); should
+one arrive anyway, the adapter ignores it (a callback query is answered, so its button stops
+spinning)."""
 BATCH_LIMIT = 100
 PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 

@@ -10,6 +10,8 @@
 - never: edited messages, channel posts, joins and leaves and other service messages,
   messages from bots, updates of kinds Parley does not handle.
 
+A 👍 or 👎 reaction (or taking it back) is feedback on the bot's reply it was put on.
+
 Request ids derive from the update's own ids (:func:`request_id`), so a redelivered update
 is recognised downstream.
 """
@@ -25,7 +27,7 @@ from telegram.constants import ChatType
 
 from bot.commands import Commands
 
-Action = Literal["chat", "command", "note", "ignore", "callback"]
+Action = Literal["chat", "command", "note", "ignore", "callback", "reaction"]
 
 MEDIA_NOTE = "I can only read text messages — please write to me."
 EMPTY_MENTION_NOTE = "Hi! Write your message after the mention, or reply to one of mine."
@@ -57,6 +59,17 @@ class Incoming:
 
 
 @dataclass(frozen=True)
+class Reaction:
+    """A user's reaction on a message: 👍 is ``1``, 👎 ``-1``, anything else (or none) ``0``."""
+
+    update_id: int
+    chat_id: int
+    message_id: int
+    user_id: int
+    value: int
+
+
+@dataclass(frozen=True)
 class Decision:
     action: Action
     kind: str
@@ -64,6 +77,7 @@ class Decision:
     message: Incoming | None = None
     note: str = ""
     callback_id: str = ""
+    reaction: Reaction | None = None
 
 
 def request_id(bot_id: int, message: Incoming) -> str:
@@ -85,6 +99,8 @@ def read_update(update: Update, me: BotIdentity) -> Decision:
     """What Parley should do with ``update``."""
     if update.callback_query is not None:
         return Decision("callback", "callback_query", callback_id=update.callback_query.id)
+    if update.message_reaction is not None:
+        return _reaction_decision(update)
     msg = update.message
     if msg is None:
         return Decision("ignore", _update_kind(update))
@@ -178,6 +194,22 @@ def _without_mentions(msg: Message, me: BotIdentity) -> str:
         if mention.lower() == handle:
             text = re.sub(rf"[ \t]*{re.escape(mention)}[ \t]*", " ", text)
     return text
+
+
+THUMBS_UP, THUMBS_DOWN = "👍", "👎"
+
+
+def _reaction_decision(update: Update) -> Decision:
+    reacted = update.message_reaction
+    assert reacted is not None
+    if reacted.user is None or reacted.user.is_bot:  # anonymous (a channel or group admin)
+        return Decision("ignore", "message_reaction")
+    emoji = {getattr(r, "emoji", None) for r in reacted.new_reaction}
+    value = 1 if THUMBS_UP in emoji else -1 if THUMBS_DOWN in emoji else 0
+    reaction = Reaction(
+        update.update_id, reacted.chat.id, reacted.message_id, reacted.user.id, value
+    )
+    return Decision("reaction", "message_reaction", reaction=reaction)
 
 
 _CONTENT = (

@@ -14,7 +14,7 @@ from adapters.telegram.updates import EMPTY_MENTION_NOTE, MEDIA_NOTE
 from bot import commands, keys
 from bot.commands import COMMANDS
 from bot.queue import UNAVAILABLE_MESSAGE
-from bot.wire import ChatRequest, Request
+from bot.wire import ChatRequest, Request, decode_trainer_message
 from tests.fakes.telegram_api import BAD_GATEWAY, CONFLICT, TOO_LONG, FakeBotAPI, utf16_units
 from tests.fakes.telegram_harness import (
     ADMIN,
@@ -57,7 +57,7 @@ async def test_private_message_gets_the_engine_reply(fake, settings, redis, echo
     assert isinstance(served.request, ChatRequest)
     assert served.request.conversation == f"telegram:{ALICE.id}:{ALICE.id}"
     assert served.request.user == f"telegram:{ALICE.id}"
-    assert fake.allowed_updates == ["message"]
+    assert fake.allowed_updates == ["message", "message_reaction"]
     assert fake.calls_of("deleteWebhook")  # polling mode clears any webhook first
 
 
@@ -116,7 +116,7 @@ async def test_each_command(fake, settings, redis, echo_engine, monkeypatch) -> 
             fake.send_text(chat, ALICE, command)
             n = len(fake.messages_in(ALICE.id)) + 1
             await fake.wait_for(lambda n=n: len(fake.messages_in(ALICE.id)) == n)
-        for command in ("/model", "/rollback", "/help"):
+        for command in ("/model", "/rollback", "/help", "/retrain"):
             fake.send_text(admin_chat, ADMIN, command)
             n = len(fake.messages_in(ADMIN.id)) + 1
             await fake.wait_for(lambda n=n: len(fake.messages_in(ADMIN.id)) == n)
@@ -125,7 +125,8 @@ async def test_each_command(fake, settings, redis, echo_engine, monkeypatch) -> 
     assert reset.startswith("Done") and forget.startswith("Done")
     assert status.startswith("No engine is answering")  # the echo engine sends no heartbeat
     assert nonsense == "I don't know /nonsense. Try /help."
-    model, rollback, admin_help = texts(fake, ADMIN.id)
+    model, rollback, admin_help, retrain = texts(fake, ADMIN.id)
+    assert retrain.startswith("The trainer service did not answer")  # none runs here
     assert model.startswith(("Model versions", "No trained versions"))
     assert "no earlier version" in rollback
     assert "/retrain" in admin_help
@@ -354,3 +355,38 @@ async def test_a_409_conflict_is_one_log_line(fake, settings, redis, echo_engine
     conflicts = [r for r in caplog.records if "409" in r.getMessage()]
     assert len(conflicts) == 1 and conflicts[0].exc_info is None
     assert "another program is polling" in conflicts[0].getMessage()
+
+
+async def test_a_thumbs_up_on_a_reply_is_feedback_for_the_trainer(
+    fake, settings, redis, echo_engine
+) -> None:
+    async with running_adapter(settings, redis):
+        fake.send_text(private(ALICE), ALICE, "rate me")
+        await fake.wait_for(lambda: len(fake.messages_in(ALICE.id)) == 1)
+    # (stopped: the reply has finished, and its messages are remembered)
+    [reply] = fake.messages_in(ALICE.id)
+    async with running_adapter(settings, redis):
+        reacted = [
+            fake.add_update({"message_reaction": reaction(reply.message_id, emoji)})
+            for emoji in ("👍", None)
+        ]
+        stray = fake.add_update({"message_reaction": reaction(reply.message_id + 100, "👍")})
+        for uid in (*reacted, stray):
+            await handled(fake, uid)
+    entries = await redis.xrange(keys.TRAINER_REQUESTS)
+    feedback = [decode_trainer_message(fields[keys.FIELD.encode()]) for _, fields in entries]
+    assert [(f.request_id, f.value, f.user) for f in feedback] == [
+        (echo_engine.served[0].request.id, 1, f"telegram:{ALICE.id}"),
+        (echo_engine.served[0].request.id, 0, f"telegram:{ALICE.id}"),
+    ]
+
+
+def reaction(message_id: int, emoji: str | None) -> dict[str, object]:
+    return {
+        "chat": {"id": ALICE.id, "type": "private"},
+        "message_id": message_id,
+        "user": ALICE.json(),
+        "date": 0,
+        "old_reaction": [],
+        "new_reaction": [{"type": "emoji", "emoji": emoji}] if emoji else [],
+    }

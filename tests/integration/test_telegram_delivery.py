@@ -161,7 +161,7 @@ async def test_webhook_refuses_a_wrong_secret_and_takes_the_right_one(
         [registered] = fake.calls_of("setWebhook")
         assert registered["url"] == "https://bot.example.org/telegram"
         assert registered["secret_token"] == "right-secret_1"
-        assert registered["allowed_updates"] == ["message"]
+        assert registered["allowed_updates"] == ["message", "message_reaction"]
         for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}):
             async with http.post(endpoint, json=update, headers=headers) as response:
                 assert response.status == 403

@@ -138,3 +138,32 @@ def test_other_update_kinds_and_bots(api) -> None:
     query = {"id": "q", "from": ALICE.json(), "chat_instance": "c", "data": "d"}
     decision = read_update(update({"callback_query": query}), ME)
     assert (decision.action, decision.callback_id) == ("callback", "q")
+
+
+@pytest.mark.parametrize(
+    ("emoji", "value"), [(["👍"], 1), (["👎"], -1), (["🔥"], 0), ([], 0), (["🔥", "👍"], 1)]
+)
+def test_reactions_become_feedback_values(emoji: list[str], value: int) -> None:
+    body = {
+        "chat": DM.json(),
+        "message_id": 3,
+        "user": ALICE.json(),
+        "date": 0,
+        "old_reaction": [],
+        "new_reaction": [{"type": "emoji", "emoji": e} for e in emoji],
+    }
+    decision = read_update(update({"message_reaction": body}), ME)
+    assert decision.action == "reaction" and decision.reaction is not None
+    assert (decision.reaction.message_id, decision.reaction.value) == (3, value)
+
+
+def test_anonymous_reactions_are_ignored() -> None:
+    body = {
+        "chat": GROUP.json(),
+        "message_id": 3,
+        "actor_chat": GROUP.json(),
+        "date": 0,
+        "old_reaction": [],
+        "new_reaction": [],
+    }
+    assert read_update(update({"message_reaction": body}), ME).action == "ignore"
