@@ -13,9 +13,16 @@ from prometheus_client import REGISTRY
 from adapters.telegram.updates import EMPTY_MENTION_NOTE, MEDIA_NOTE
 from bot import commands, keys
 from bot.commands import COMMANDS
-from bot.queue import UNAVAILABLE_MESSAGE
+from bot.queue import BUSY_MESSAGE, UNAVAILABLE_MESSAGE
 from bot.wire import ChatRequest, Request, decode_trainer_message
-from tests.fakes.telegram_api import BAD_GATEWAY, CONFLICT, TOO_LONG, FakeBotAPI, utf16_units
+from tests.fakes.telegram_api import (
+    BAD_GATEWAY,
+    CONFLICT,
+    TOO_LONG,
+    FakeBotAPI,
+    User,
+    utf16_units,
+)
 from tests.fakes.telegram_harness import (
     ADMIN,
     ALICE,
@@ -390,3 +397,16 @@ def reaction(message_id: int, emoji: str | None) -> dict[str, object]:
         "old_reaction": [],
         "new_reaction": [{"type": "emoji", "emoji": emoji}] if emoji else [],
     }
+
+
+async def test_a_full_queue_is_a_short_busy_reply(fake, redis_settings, tmp_path, redis) -> None:
+    queue = redis_settings.model_copy(update={"max_stream_len": 10, "shards": 1})
+    settings = telegram_settings(fake, queue, tmp_path, reply_timeout_s=1.0)
+    users = [User(5000 + i, f"U{i}") for i in range(12)]  # no engine: the queue fills up
+    async with running_adapter(settings, redis):
+        for user in users:
+            fake.send_text(private(user), user, "hello?")
+        await fake.wait_for(lambda: len(fake.sent) == len(users))
+    replies = [text for user in users for text in texts(fake, user.id)]
+    assert replies.count(BUSY_MESSAGE) == 2
+    assert replies.count(UNAVAILABLE_MESSAGE) == 10  # kept, but nobody answered in time
