@@ -69,7 +69,10 @@ class Poller:
         while await self.lease.wait_acquired(stop):
             async with self.lease.held() as lost:
                 log.info("telegram: %s is polling for updates", self.lease.holder)
-                await self.bot.delete_webhook(drop_pending_updates=False)
+                try:  # a webhook set earlier would make every getUpdates a 409
+                    await self.bot.delete_webhook(drop_pending_updates=False)
+                except TelegramError as e:
+                    log.warning("telegram: deleteWebhook failed (%s); polling anyway", e)
                 await self._poll(stop, lost)
 
     async def _poll(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
