@@ -14,6 +14,7 @@ import pytest
 from bot import keys
 from tests.fakes.telegram_api import FakeBotAPI
 from tests.fakes.telegram_harness import ALICE, private
+from tests.unit.engine_fixtures import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,3 +100,34 @@ async def test_a_refused_token_is_named(fake, redis_url, tmp_path) -> None:
     assert proc.returncode == 1
     assert "Telegram refused the bot token" in output.decode()
     assert "Traceback" not in output.decode()
+
+
+async def test_parley_run_chats_on_telegram_when_a_token_is_set(fake, tmp_path) -> None:
+    model = tiny_checkpoint(tmp_path / "model", "gru").path
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    env.update(
+        PARLEY_DATA_DIR=str(tmp_path / "data"),  # no Redis URL: its own embedded server
+        PARLEY_ENGINE__MODEL=str(model),
+        PARLEY_TELEGRAM__TOKEN=fake.token,
+        PARLEY_TELEGRAM__BASE_URL=fake.base_url,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        "--no-web",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        fake.send_text(private(ALICE), ALICE, "hello there")
+        await fake.wait_for(lambda: len(fake.messages_in(ALICE.id)) == 1, timeout_s=120)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, output.decode()[-3000:]
+    [reply] = fake.messages_in(ALICE.id)
+    assert reply.text.strip()  # the tiny model's words, whatever they are
