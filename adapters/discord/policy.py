@@ -136,3 +136,6 @@ def slow_down(retry_after_s: float | None) -> str:
 
 ONLY_TEXT = "I can only read text messages."
 """The note in DMs for a message that is only attachments."""
+
+NO_DMS = "I only chat in servers here, not in direct messages."
+"""The answer to ``/chat`` in a DM when ``allow_dms`` is off (plain DMs get no answer)."""

@@ -104,6 +104,9 @@ class SlashCommands:
             interaction, ephemeral=False, metrics=self.metrics, adapter_id=self.adapter_id
         )
         try:
+            if interaction.guild_id is None and not self.settings.allow_dms:
+                await sink.send(policy.NO_DMS, first=True)
+                return
             refusal = await self.chat.refusal(interaction.user.id, text.strip())
             if refusal is not None:
                 await sink.send(refusal or policy.slow_down(None), first=True)

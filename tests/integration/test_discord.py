@@ -180,12 +180,16 @@ async def test_random_replies_answer_unaddressed_messages(
 
 
 async def test_dms_off(fake, world, redis, redis_settings, tmp_path, echo_engine) -> None:
-    settings = settings_for(world, redis_settings, tmp_path, allow_dms=False)
+    # No guild_ids: commands are synced globally, so they work in DMs too.
+    settings = settings_for(world, redis_settings, tmp_path, allow_dms=False, guild_ids=[])
     async with running_adapter(settings, redis):
         dm = await fake.dm(world.bob, "hello?")
+        chat = await run_slash(fake, world.bob, fake.dm_channel(world.bob), "chat", message="hi")
         later = await fake.say(world.bob, world.general, "and here?", mention_bot=True)
         await reply_to(fake, later)
     assert fake.replies_to(dm) == []
+    assert chat == "I only chat in servers here, not in direct messages."
+    assert None in fake.commands and world.guild.id not in fake.commands
 
 
 async def test_reply_chain_is_one_conversation(
