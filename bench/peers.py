@@ -4,9 +4,10 @@ One model is served by each side: Parley's scheduler (continuous batching, in th
 ``engine.dtype = "auto"`` picks), Hugging Face ``transformers`` ``generate`` (static batches,
 its KV cache) and CTranslate2 ``generate_batch`` (the same export converted by its
 transformers converter), all with the same torch/CT2 thread count and the same sampling
-(temperature 0.8 over the whole vocabulary). Sides: ``parley``, ``transformers`` (float32,
-and bfloat16 where the CPU multiplies it natively), ``ctranslate2`` (float32) and
-``ctranslate2-int8`` (what CT2 recommends on a CPU); with a GPU, ``-cuda`` sides too.
+(temperature 0.8 over the whole vocabulary). Sides: ``parley``, ``transformers`` (float32),
+``ctranslate2`` (float32) and ``ctranslate2-int8`` (what CT2 recommends on a CPU); with a GPU,
+``-cuda`` sides too (bf16). transformers in bfloat16 is no CPU side: on the 2-core
+development VM (AVX512-BF16) its ``generate`` ran about 10x slower than in float32.
 
 Workloads:
 
@@ -468,8 +469,6 @@ def convert_ct2(hf_dir: Path, out: Path) -> Path:
 def build_sides(
     ckpt: Checkpoint, hf_dir: Path, ct2_dir: Path, device: str, threads: int, quick: bool
 ) -> tuple[ParleySide, list[StaticBatcher]]:
-    from engine.hardware import cpu_has_native_bf16
-
     if device == "cuda":
         served = load_checkpoint(
             ckpt.path, device="cuda", dtype=weights_dtype("auto", torch.device("cuda"))
@@ -481,10 +480,10 @@ def build_sides(
         ]
     engine = EngineSettings(max_batch=MAX_BATCH)
     parley = ParleySide(ckpt, choose_decode_dtype(engine, ckpt.model, torch.device("cpu")))
-    peers: list[StaticBatcher] = [TransformersSide(hf_dir, ckpt, torch.float32, "cpu")]
-    if cpu_has_native_bf16() and not quick:
-        peers.append(TransformersSide(hf_dir, ckpt, torch.bfloat16, "cpu"))
-    peers.append(CTranslate2Side(ct2_dir, ckpt, "float32", "cpu", threads))
+    peers: list[StaticBatcher] = [
+        TransformersSide(hf_dir, ckpt, torch.float32, "cpu"),
+        CTranslate2Side(ct2_dir, ckpt, "float32", "cpu", threads),
+    ]
     if not quick:
         peers.append(CTranslate2Side(ct2_dir, ckpt, "int8", "cpu", threads))
     return parley, peers

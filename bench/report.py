@@ -93,7 +93,6 @@ PEER_BASELINES = {
     'prompts in chunks, the dtype `engine.dtype = "auto"` picks',
     "transformers": "`LlamaForCausalLM.generate` on the export: a static batch of whatever "
     "waits (up to 64, left-padded), its default KV cache; a batch runs until its last row ends",
-    "transformers-bf16": "the same in bfloat16",
     "ctranslate2": "`Generator.generate_batch` on the export converted by CTranslate2's "
     "transformers converter, float32, batched the same way; a row stops at its own end",
     "ctranslate2-int8": "the same with int8 weights (what CTranslate2 recommends on a CPU)",
