@@ -50,11 +50,10 @@ FAILED = "Something went wrong on my side. Please try again in a moment."
 async def facts(message: discord.Message, bot_id: int, state: DiscordState) -> Incoming:
     """The facts :func:`~adapters.discord.policy.why_answer` needs about ``message``."""
     channel = message.channel
-    in_thread = isinstance(channel, discord.Thread)
-    joined = False
-    if in_thread:
-        assert isinstance(channel, discord.Thread)
-        joined = channel.owner_id == bot_id or await state.joined_thread(channel.id)
+    thread = channel if isinstance(channel, discord.Thread) else None
+    joined = thread is not None and (
+        thread.owner_id == bot_id or await state.joined_thread(thread.id)
+    )
     resolved = message.reference.resolved if message.reference else None
     return Incoming(
         message_id=message.id,
@@ -65,9 +64,9 @@ async def facts(message: discord.Message, bot_id: int, state: DiscordState) -> I
         mentions_bot=any(user.id == bot_id for user in message.mentions),
         replies_to=message.reference.message_id if message.reference else None,
         replies_to_bot=isinstance(resolved, discord.Message) and resolved.author.id == bot_id,
-        in_thread=in_thread,
+        in_thread=thread is not None,
         thread_joined=joined,
-        parent_channel_id=channel.parent_id if isinstance(channel, discord.Thread) else None,
+        parent_channel_id=thread.parent_id if thread is not None else None,
         text=policy.strip_mention(message.content, bot_id),
         has_attachments=bool(message.attachments),
     )

@@ -30,7 +30,9 @@ class DiscordMetrics:
     throttled: Counter
     """``parley_discord_throttled_total{adapter}``: messages refused by the per-user limit."""
     errors: Counter
-    """``parley_discord_errors_total{adapter, kind}``: failures (handler, send, gateway)."""
+    """``parley_discord_errors_total{adapter, kind}``: failures by kind: ``discord`` (Discord
+    refused a request, e.g. no permission to post), ``queue`` (Redis trouble; the user got a
+    short notice), ``handler`` (anything else; logged with its traceback)."""
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> DiscordMetrics:
