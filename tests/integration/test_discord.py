@@ -474,9 +474,12 @@ async def test_a_429_from_rest_is_retried_by_the_library_and_counted(
         fake.fail_next("POST", r"/channels/\d+/messages", retry_after_s=0.2)
         asked = await fake.say(world.alice, world.general, "hi", mention_bot=True)
         reply = await reply_to(fake, asked)
+        fake.fail_next("POST", r"/webhooks/\d+/[^/]+", retry_after_s=0.2)  # a follow-up
+        status = await run_slash(fake, world.bob, world.general, "status")
     assert reply.text == "echo: hi" and len(fake.replies_to(asked)) == 1
-    assert len(fake.rate_limited) == 1
-    assert metric("parley_discord_http_429_total", settings) == 1
+    assert status.startswith("No engine")  # the echo engine sends no heartbeats
+    assert len(fake.rate_limited) == 2
+    assert metric("parley_discord_http_429_total", settings) == 2
 
 
 # -- slash commands ----------------------------------------------------------------------------
