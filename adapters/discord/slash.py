@@ -26,6 +26,7 @@ from bot.errors import ParleyError
 log = logging.getLogger(__name__)
 
 CHAT_DESCRIPTION = "Say something to the bot"
+EMPTY_CHAT = "Say something after /chat, and I'll answer."
 
 
 class SlashCommands:
@@ -106,6 +107,9 @@ class SlashCommands:
         try:
             if interaction.guild_id is None and not self.settings.allow_dms:
                 await sink.send(policy.NO_DMS, first=True)
+                return
+            if not text.strip():
+                await sink.send(EMPTY_CHAT, first=True)
                 return
             refusal = await self.chat.refusal(interaction.user.id, text.strip())
             if refusal is not None:

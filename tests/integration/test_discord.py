@@ -528,6 +528,7 @@ async def test_every_slash_command(
         chat = await run_slash(
             fake, world.bob, world.general, "chat", until="echo:", message="hi via slash"
         )
+        blank = await run_slash(fake, world.bob, world.general, "chat", message="  ")
         help_text = await run_slash(fake, world.bob, world.general, "help")
         reset = await run_slash(fake, world.bob, world.general, "reset")
         forget = await run_slash(fake, world.bob, world.general, "forget")
@@ -539,6 +540,7 @@ async def test_every_slash_command(
         retrain = await run_slash(fake, world.alice, world.general, "retrain")
     assert synced == {"chat"} | {spec.name for spec in COMMANDS}
     assert chat == "echo: hi via slash"
+    assert blank == "Say something after /chat, and I'll answer."
     assert "/reset" in help_text and "/retrain" not in help_text  # bob is no admin
     assert reset.startswith("Done") and forget.startswith("Done — I deleted")
     assert "no longer archived" in optout and "archived" in optin
