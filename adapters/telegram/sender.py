@@ -38,6 +38,8 @@ MAX_ATTEMPTS = 6
 """Tries of one call through 429s and server errors before the reply is given up."""
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+MAX_TRACKED_CHATS = 10_000
+"""Chats the pacer remembers before it forgets those that are idle."""
 
 
 class ChatPacer:
@@ -49,12 +51,22 @@ class ChatPacer:
         self._locks: dict[int, asyncio.Lock] = {}
 
     async def wait(self, chat_id: int, interval_s: float) -> None:
+        if len(self._locks) > MAX_TRACKED_CHATS:
+            self._forget_idle()
         lock = self._locks.setdefault(chat_id, asyncio.Lock())
         async with lock:
             delay_s = self._next_s.get(chat_id, 0.0) - self._clock()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
             self._next_s[chat_id] = self._clock() + interval_s
+
+    def _forget_idle(self) -> None:
+        """Drop the chats nobody waits on and that may be written to now."""
+        now = self._clock()
+        for chat_id, lock in list(self._locks.items()):
+            if not lock.locked() and self._next_s.get(chat_id, 0.0) <= now:
+                del self._locks[chat_id]
+                self._next_s.pop(chat_id, None)
 
     def hold(self, chat_id: int, seconds: float) -> None:
         """No call to ``chat_id`` for ``seconds`` (Telegram said so)."""
