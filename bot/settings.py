@@ -23,7 +23,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from bot.credentials import read_credentials
 from bot.errors import ConfigError
@@ -340,8 +345,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e.reason}") from e
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
     for section, name in SECRET_FIELDS:
-        if name in data.get(section, {}):
+        table = data.get(section, {})
+        if isinstance(table, dict) and name in table:
             env = f"PARLEY_{section.upper()}__{name.upper()}"
             raise ConfigError(
                 f"{path}: [{section}] {name} is a secret; set it in the environment ({env})"
@@ -384,3 +394,18 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from None
+    except SettingsError as e:  # an environment variable that does not parse (bad JSON)
+        raise ConfigError(_describe_env_error(e)) from None
+
+
+def _describe_env_error(e: SettingsError) -> str:
+    """Which ``PARLEY_*`` variables may hold the value that did not parse (never the value:
+    it may be a secret)."""
+    field = re.search(r'field "([^"]+)"', str(e))
+    prefix = f"PARLEY_{field[1].upper()}" if field else "PARLEY_"
+    names = sorted(n for n in os.environ if n == prefix or n.startswith(f"{prefix}__"))
+    cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
+    return (
+        f"invalid settings: cannot parse {' or '.join(names) or prefix + '*'} from the "
+        f"environment{cause}; lists and tables are JSON, e.g. PARLEY_WEB__API_KEYS='[\"k1\"]'"
+    )
