@@ -7,6 +7,9 @@ conversations go on there; every request is answered exactly once (one ``done`` 
 one logged exchange per request). Every process is the real ``parley`` command, and each tells
 the test it serves through its systemd notify socket.
 
+The Redis is a server of the test's own (the embedded one ``parley run`` uses), so no other
+test run's workers or model announcements reach these processes.
+
 The model is tiny and untrained, with its special tokens' logits pushed down so that every
 reply runs to ``max_new_tokens``: a reply lasts long enough for the kill to land mid-reply,
 which the test checks (the killed worker's requests are still pending after it died).
@@ -19,6 +22,7 @@ import json
 import re
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,8 @@ import redis.asyncio as aioredis
 import torch
 
 from bot import keys, wire
+from bot.embedded import EmbeddedRedis
+from bot.redis import connect
 from engine.checkpoint import save_checkpoint
 from engine.models import build_model
 from engine.tokenizer import train_char_tokenizer
@@ -135,9 +141,22 @@ async def exchanges_by_conversation(redis: aioredis.Redis) -> Counter[str]:
     return Counter(e.conversation for e in logged)
 
 
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    """A Redis server for this test alone: shard leases, the engines' group and the models
+    channel (Redis pub/sub ignores database numbers) must not meet another test run's."""
+    async with EmbeddedRedis(tmp_path / "redis") as url:
+        client = await connect(url)
+        try:
+            yield client, url
+        finally:
+            await client.aclose()
+
+
 async def test_a_killed_worker_s_conversations_continue_on_the_other(
-    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+    own_redis: tuple[aioredis.Redis, str], tmp_path: Path
 ) -> None:
+    redis, redis_url = own_redis
     model = endless_checkpoint(tmp_path / "endless")
     workdir = tmp_path / "work"
     workdir.mkdir()
