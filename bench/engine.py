@@ -77,13 +77,13 @@ from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settin
 from bot.wire import ChatRequest, Sampling, Turn
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.hardware import cpu_has_native_bf16
-from engine.metrics import EngineMetrics
 from engine.models import build_model, preset_config
 from engine.serve.batches import serving_copy
-from engine.scheduler import Scheduler
+from engine.serve.metrics import EngineMetrics
+from engine.serve.scheduler import Scheduler
+from engine.serve.work import Finished, Work
+from engine.serve.worker import EngineWorker
 from engine.tokenizer import train_char_tokenizer
-from engine.work import Finished, Work
-from engine.worker import EngineWorker
 
 log = logging.getLogger("bench.engine")
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -19,11 +20,11 @@ from bot.queue import RequestConsumer, ShardLeases, cancel_and_wait
 from bot.registry import ModelRegistry
 from bot.settings import EngineSettings, Settings
 from engine.checkpoint import Checkpoint, load_checkpoint
-from engine.graphs import fastest_decode_dtype
 from engine.hardware import cpu_has_native_bf16
 from engine.models import LanguageModel
-from engine.scheduler import Scheduler
-from engine.worker import EngineWorker
+from engine.serve.batches import fastest, time_decode_steps
+from engine.serve.scheduler import Scheduler
+from engine.serve.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,16 @@ def weights_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+DecodeTimer = Callable[[LanguageModel, int, Sequence[torch.dtype]], dict[torch.dtype, float]]
+"""Seconds of one decode step per candidate dtype (:func:`time_decode_steps`)."""
+
+
 def choose_decode_dtype(
-    engine: EngineSettings, model: LanguageModel, device: torch.device
+    engine: EngineSettings,
+    model: LanguageModel,
+    device: torch.device,
+    *,
+    timer: DecodeTimer = time_decode_steps,
 ) -> torch.dtype | None:
     """The dtype a CPU serves from beside its float32 weights (``None``: the weights).
 
@@ -77,7 +86,7 @@ def choose_decode_dtype(
         return torch.bfloat16
     if not cpu_has_native_bf16():
         return None
-    best = fastest_decode_dtype(model, engine.max_batch, (torch.float32, torch.bfloat16))
+    best = fastest(timer(model, engine.max_batch, (torch.float32, torch.bfloat16)))
     return None if best == torch.float32 else best
 
 

@@ -7,13 +7,17 @@
 ``state`` is an opaque *batch* state (GRU: hidden tensor; GPT: KV cache + positions); ``None``
 means every row starts fresh, which is also the training fast path. ``forward`` may update the
 state it is given in place, so a state passed in must not be used again: use the one returned.
-Continuous batching builds a batch out of conversations with different histories through
-per-sequence states::
 
-    seqs = model.split_state(state)            # one SeqState per row, detached copies
-    state = model.merge_states([seqs[0], None, cached])   # None = a fresh conversation
-    blob = seqs[0].to_tensors()                # -> safetensors.torch.save(blob) -> Redis
-    seq = model.state_from_tensors(blob)       # and back, on the model's device and dtype
+Serving batches conversations with different histories in *slots*: state buffers for up to
+``max_batch`` rows, allocated once (:mod:`engine.serve.batches` drives them)::
+
+    slots = model.new_slots(max_batch)
+    model.load_row(slots, row, cached)         # a conversation's SeqState (None: fresh)
+    logits = model.prefill_rows(slots, tokens, lengths)   # feed prompt chunks, ragged
+    logits = model.decode_step(slots, tokens, positions)  # one token for rows 0..B-1
+    seq = model.save_row(slots, row)           # a SeqState copy, for the context cache
+    blob = seq.to_tensors()                    # -> safetensors -> Redis, and back:
+    seq = model.state_from_tensors(blob)       # on the model's device and dtype
 
 The concrete models are :class:`engine.models.gru.GRUModel` and
 :class:`engine.models.transformer.GPT`; :func:`build_model` picks one from a config.
@@ -22,7 +26,6 @@ The concrete models are :class:`engine.models.gru.GRUModel` and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -35,6 +38,7 @@ __all__ = [
     "LanguageModel",
     "ModelConfig",
     "SeqState",
+    "Slots",
     "State",
     "build_model",
     "preset_config",
@@ -60,6 +64,22 @@ class SeqState(Protocol):
         ...
 
 
+class Slots:
+    """State of up to ``max_batch`` rows, preallocated by :meth:`LanguageModel.new_slots`; the
+    caller keeps the rows in use at 0..n-1. Each model keeps its own kind of buffers."""
+
+    lengths: list[int]
+    """Per row: valid state entries (GPT: the RoPE position of its next token)."""
+    consumed: list[int]
+    """Per row: tokens fed so far."""
+
+    def advance(self, n: int) -> None:
+        """Rows 0..n-1 consumed one more token."""
+        for r in range(n):
+            self.lengths[r] += 1
+            self.consumed[r] += 1
+
+
 class LanguageModel(nn.Module, ABC):
     """What both architectures provide on top of ``nn.Module``."""
 
@@ -77,19 +97,44 @@ class LanguageModel(nn.Module, ABC):
         """Most tokens the state holds (GPT: ``block_size``); ``None`` = unbounded (GRU)."""
 
     @abstractmethod
-    def empty_state(self, batch_size: int) -> State: ...
-
-    @abstractmethod
-    def split_state(self, state: State) -> list[Any]:
-        """One detached ``SeqState`` per row, on the model's device."""
-
-    @abstractmethod
-    def merge_states(self, states: Sequence[Any | None]) -> State:
-        """A batch state from per-row states; ``None`` rows start fresh."""
-
-    @abstractmethod
-    def state_from_tensors(self, tensors: dict[str, Tensor]) -> Any:
+    def state_from_tensors(self, tensors: dict[str, Tensor]) -> SeqState:
         """Rebuild a ``SeqState`` from ``to_tensors()``; raises ``ModelError`` if it doesn't fit."""
+
+    # -- serving in slots ------------------------------------------------------------------
+    # Slot arguments are the model's own kind (what its new_slots returned).
+
+    @abstractmethod
+    def new_slots(self, max_batch: int) -> Slots:
+        """Zeroed state buffers for ``max_batch`` rows, on the model's device."""
+
+    @abstractmethod
+    def load_row(self, slots: Any, row: int, state: Any | None) -> None:
+        """Row ``row`` continues ``state`` (a ``SeqState`` of this model; ``None``: fresh)."""
+
+    @abstractmethod
+    def save_row(self, slots: Any, row: int) -> SeqState:
+        """A copy of row ``row``'s state."""
+
+    @abstractmethod
+    def move_row(self, slots: Any, src: int, dst: int) -> None:
+        """Row ``src``'s state moves to row ``dst`` (the batch compacts after a row leaves)."""
+
+    @abstractmethod
+    def make_room(self, slots: Any, n: int) -> None:
+        """Before a decode step: make room for one more token in each of rows 0..n-1."""
+
+    @abstractmethod
+    def decode_step(
+        self, slots: Any, tokens: Tensor, positions: Tensor, window: int | None = None
+    ) -> Tensor:
+        """One token for rows 0..B-1: ``tokens`` (B,) at ``positions`` (B,) -> logits (B, V)
+        float32. Static shapes and no host read-back, so a GPU can capture it in a graph;
+        ``window`` (optional) bounds how many slots a GPT step attends over."""
+
+    @abstractmethod
+    def prefill_rows(self, slots: Any, tokens: Tensor, lengths: list[int]) -> Tensor:
+        """Feed row r of rows 0..B-1 its first ``lengths[r]`` of ``tokens`` (B, T), right-padded
+        -> logits (B, V) float32 after each row's last token."""
 
     @abstractmethod
     def flops_per_token(self) -> int:

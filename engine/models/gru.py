@@ -11,7 +11,6 @@ and the first layer's input projection is a table lookup (the embedding is folde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bot.errors import ModelError
-from engine.models import LanguageModel
+from engine.models import LanguageModel, Slots
 from engine.models.config import ModelConfig
 
 
@@ -47,19 +46,13 @@ class GRUState:
 
 
 @dataclass
-class GRUSlots:
+class GRUSlots(Slots):
     """Decode state of up to ``max_batch`` rows; the caller keeps active rows at 0..n-1."""
 
     hidden: Tensor  # (L, max_batch, H) float32 even under bf16 weights: it is carried forever
     table: Tensor  # (V, 3H) float32: wte @ W_ih0^T + b_ih0, layer 0's input gates per token
     lengths: list[int]  # tokens consumed per row (a GRU has no positions)
     consumed: list[int]
-
-    def advance(self, n: int) -> None:
-        """Rows 0..n-1 consumed one more token."""
-        for r in range(n):
-            self.lengths[r] += 1
-            self.consumed[r] += 1
 
 
 def _gru_cell(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
@@ -106,24 +99,6 @@ class GRUModel(LanguageModel):
     @property
     def max_context(self) -> int | None:
         return None
-
-    def empty_state(self, batch_size: int) -> GRUState:
-        cfg = self.config
-        hidden = torch.zeros(
-            cfg.n_layer, batch_size, cfg.n_hidden, device=self.device, dtype=self.dtype
-        )
-        return GRUState(hidden, [0] * batch_size)
-
-    def split_state(self, state: GRUState) -> list[GRUSeqState]:
-        hidden = state.hidden.detach()
-        return [GRUSeqState(hidden[:, b].clone(), n) for b, n in enumerate(state.lengths)]
-
-    def merge_states(self, states: Sequence[GRUSeqState | None]) -> GRUState:
-        cfg = self.config
-        zeros = torch.zeros(cfg.n_layer, cfg.n_hidden, device=self.device, dtype=self.dtype)
-        rows = [zeros if s is None else s.hidden for s in states]
-        hidden = torch.stack(rows, dim=1)  # (L, B, H)
-        return GRUState(hidden, [0 if s is None else s.length for s in states])
 
     def state_from_tensors(self, tensors: dict[str, Tensor]) -> GRUSeqState:
         cfg = self.config

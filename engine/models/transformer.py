@@ -25,7 +25,7 @@ model never sees a distance longer than it was trained on. Eviction frees a quar
 time so it is rare during decode. Within ``block_size`` tokens, chunked and one-shot prefill
 give the same logits; past it, results depend on where the window slid.
 
-Serving decodes through :class:`KVSlots` instead of merged batch states: one cache of
+Serving decodes through :class:`KVSlots` instead of batch states: one cache of
 ``max_batch`` rows x ``block_size`` slots allocated up front, which a conversation joins by
 copying its prefix into a free row and leaves by freeing it (O(that row), never O(batch)).
 :meth:`GPT.decode_step` runs rows 0..B-1 through the same cached attention as a prefill chunk.
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bot.errors import ModelError
-from engine.models import LanguageModel
+from engine.models import LanguageModel, Slots
 from engine.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -87,19 +87,13 @@ class KVState:
 
 
 @dataclass
-class KVSlots:
+class KVSlots(Slots):
     """A KV cache for up to ``max_batch`` rows, sized before use; active rows are 0..n-1."""
 
     k: Tensor  # (n_layer, max_batch, n_head, block_size, head_dim), rotated keys
     v: Tensor  # (n_layer, max_batch, n_head, block_size, head_dim)
     lengths: list[int]  # valid entries per row = RoPE position of its next token
     consumed: list[int]  # tokens fed per row
-
-    def advance(self, n: int) -> None:
-        """Rows 0..n-1 consumed one more token."""
-        for r in range(n):
-            self.lengths[r] += 1
-            self.consumed[r] += 1
 
     def as_state(self) -> KVState:
         """A :class:`KVState` view of every row (writes go to these buffers)."""
@@ -289,7 +283,7 @@ class GPT(LanguageModel):
         B, T = tokens.shape
         if state is None and tokens.shape[1] <= self.config.block_size:  # the training path
             return self._forward_full(tokens, last_only)
-        state = state if state is not None else self.empty_state(B)
+        state = state if state is not None else self._empty_state(B)
         if state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} rows, tokens {B}")
         # Chunks small enough that evicting down to the sinks always makes room for one.
@@ -394,7 +388,7 @@ class GPT(LanguageModel):
         state.lengths[b] = keep
         log.debug("kv cache: row %d slid its window, %d -> %d entries", b, n, keep)
 
-    def empty_state(self, batch_size: int) -> KVState:
+    def _empty_state(self, batch_size: int) -> KVState:
         shape = (batch_size, self.config.n_head, 0, self.head_dim)  # (B, nh, S=0, hd)
         empty = torch.zeros(shape, device=self.device, dtype=self.dtype)
         L = self.config.n_layer
@@ -403,36 +397,6 @@ class GPT(LanguageModel):
             v=[empty.clone() for _ in range(L)],
             lengths=[0] * batch_size,
             consumed=[0] * batch_size,
-        )
-
-    def split_state(self, state: KVState) -> list[KVSeqState]:
-        seqs = []
-        for b, (n, consumed) in enumerate(zip(state.lengths, state.consumed, strict=True)):
-            k = torch.stack([layer[b, :, :n] for layer in state.k]).detach()  # (L, nh, n, hd)
-            v = torch.stack([layer[b, :, :n] for layer in state.v]).detach()  # (L, nh, n, hd)
-            seqs.append(KVSeqState(k, v, consumed))
-        return seqs
-
-    def merge_states(self, states: Sequence[KVSeqState | None]) -> KVState:
-        if not states:
-            raise ValueError("merge_states needs at least one row")
-        L, nh, hd = self.config.n_layer, self.config.n_head, self.head_dim
-        lengths = [0 if s is None else s.k.shape[2] for s in states]
-        S = max(lengths, default=0)
-        empty = torch.zeros(L, nh, 0, hd, device=self.device, dtype=self.dtype)
-
-        def padded(t: Tensor) -> Tensor:
-            return F.pad(t, (0, 0, 0, S - t.shape[2]))  # (L, nh, S, hd), right-padded
-
-        # One pad per row and one stack, with the layer axis first so each layer's
-        # (B, nh, S, hd) buffer is a contiguous slice.
-        k = torch.stack([padded(empty if s is None else s.k) for s in states], dim=1)
-        v = torch.stack([padded(empty if s is None else s.v) for s in states], dim=1)
-        return KVState(
-            k=list(k.unbind(0)),
-            v=list(v.unbind(0)),
-            lengths=lengths,
-            consumed=[0 if s is None else s.length for s in states],
         )
 
     def state_from_tensors(self, tensors: dict[str, Tensor]) -> KVSeqState:

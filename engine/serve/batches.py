@@ -1,4 +1,4 @@
-"""Slot batches: preallocated model state, static-shape steps, and CUDA graphs on a GPU.
+"""Slot batches: preallocated model state and static-shape steps (CUDA graphs on a GPU).
 
 A :class:`SlotBatch` holds conversations in rows 0..n-1 of state buffers sized before the
 first request (GPT: a KV cache of ``rows x block_size`` slots; GRU: an (L, rows, H) hidden
@@ -22,18 +22,17 @@ back, so the cache always holds states in the model's own dtype.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import gc
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from engine.models import LanguageModel, SeqState
+from engine.serve.cuda_graphs import CudaGraphs
 
 log = logging.getLogger(__name__)
 
@@ -41,42 +40,22 @@ WINDOW_STEP = 64
 """On CPU, a GPT step attends over the slots in use rounded up to this (fewer shapes)."""
 
 
-class Slots(Protocol):
-    lengths: list[int]
-    consumed: list[int]
-
-    def advance(self, n: int) -> None: ...
-
-
-class SlotModel(Protocol):
-    """What a model provides for slot-based serving (both GRUModel and GPT do)."""
-
-    def new_slots(self, max_batch: int) -> Any: ...
-    def load_row(self, slots: Any, row: int, state: Any) -> None: ...
-    def save_row(self, slots: Any, row: int) -> Any: ...
-    def move_row(self, slots: Any, src: int, dst: int) -> None: ...
-    def make_room(self, slots: Any, n: int) -> None: ...
-    def decode_step(
-        self, slots: Any, tokens: Tensor, positions: Tensor, window: int | None = None
-    ) -> Tensor: ...
-    def prefill_rows(self, slots: Any, tokens: Tensor, lengths: list[int]) -> Tensor: ...
-
-
-def serving_copy(model: LanguageModel, dtype: torch.dtype | None) -> SlotModel:
+def serving_copy(model: LanguageModel, dtype: torch.dtype | None) -> LanguageModel:
     """The weights prefill and decode run with: ``model`` itself, or a copy in ``dtype``.
 
     ``None`` keeps the model's dtype (the service loads bf16 weights on a GPU already); bf16
     on CPU is a choice, faster where native but not bit-equal to fp32, never a default.
     """
     decoder = model if dtype in (None, model.dtype) else copy.deepcopy(model).to(dtype)
-    return cast(SlotModel, decoder.eval())
+    return decoder.eval()
 
 
-def fastest_decode_dtype(
+def time_decode_steps(
     model: LanguageModel, rows: int, candidates: Sequence[torch.dtype], steps: int = 8
-) -> torch.dtype:
-    """The candidate whose decode step over ``rows`` rows runs fastest on this machine
-    (each candidate's best of ``steps`` timed steps, after a warm-up)."""
+) -> dict[torch.dtype, float]:
+    """Seconds of a decode step over ``rows`` rows serving from each candidate dtype (each
+    candidate's best of ``steps`` timed steps, after two warm-up steps). ``model`` is left as
+    it was: each candidate runs from its own :func:`serving_copy`."""
     best: dict[torch.dtype, float] = {}
     with torch.inference_mode():
         for dtype in candidates:
@@ -89,11 +68,15 @@ def fastest_decode_dtype(
                 batch.step()
                 times.append(time.perf_counter() - started)
             best[dtype] = min(times[2:])
-    chosen = min(best, key=lambda d: best[d])
+    return best
+
+
+def fastest(times: dict[torch.dtype, float]) -> torch.dtype:
+    """The dtype with the shortest step (the first listed, on a tie); logged with the times."""
+    chosen = min(times, key=lambda d: times[d])
     log.info(
-        "decode step over %d rows: %s; serving in %s",
-        rows,
-        ", ".join(f"{str(d).removeprefix('torch.')} {t * 1000:.2f} ms" for d, t in best.items()),
+        "decode step: %s; serving in %s",
+        ", ".join(f"{str(d).removeprefix('torch.')} {t * 1000:.2f} ms" for d, t in times.items()),
         str(chosen).removeprefix("torch."),
     )
     return chosen
@@ -102,12 +85,12 @@ def fastest_decode_dtype(
 class SlotBatch:
     """Rows 0..n-1 of a slots object: conversations join at row n and leave by compaction."""
 
-    def __init__(self, model: LanguageModel, decoder: SlotModel, rows: int) -> None:
+    def __init__(self, model: LanguageModel, decoder: LanguageModel, rows: int) -> None:
         self.model = model
         self.decoder = decoder
         self.max_rows = rows
         self.device = model.device
-        self.slots: Slots = decoder.new_slots(rows)
+        self.slots = decoder.new_slots(rows)
         self.n = 0
 
     def _add(self, state: Any) -> int:
@@ -138,7 +121,7 @@ class SlotBatch:
         """A copy of ``row``'s state in the model's own dtype (for the context cache)."""
         saved = self.raw_state(row)
         # A no-op conversion when the dtypes agree (``Tensor.to`` returns the tensor itself).
-        return cast(SeqState, self.model.state_from_tensors(saved.to_tensors()))
+        return self.model.state_from_tensors(saved.to_tensors())
 
 
 class PrefillBatch(SlotBatch):
@@ -161,14 +144,19 @@ class DecodeBatch(SlotBatch):
     """Conversations generating: every row gets one token per :meth:`step`."""
 
     def __init__(
-        self, model: LanguageModel, decoder: SlotModel, rows: int, *, cuda_graphs: bool = False
+        self, model: LanguageModel, decoder: LanguageModel, rows: int, *, cuda_graphs: bool = False
     ) -> None:
         super().__init__(model, decoder, rows)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         """Each row's next token to feed; the scheduler writes the sampled ids into it."""
-        self._graphs: CudaGraphs | None = None
+        self._graphs: CudaGraphs | None = None  # the decode step, captured (GPU only)
         if cuda_graphs and self.device.type == "cuda":
             self._graphs = CudaGraphs(decoder, self.slots, self.tokens, rows)
+
+    @property
+    def graphed(self) -> bool:
+        """Whether the decode step replays captured CUDA graphs."""
+        return self._graphs is not None
 
     def join(self, state: Any, token: int) -> int:
         """Add a conversation continuing ``state`` (a :meth:`raw_state` or a cached state)
@@ -196,77 +184,3 @@ class DecodeBatch(SlotBatch):
             logits = self.decoder.decode_step(self.slots, self.tokens[:n], positions, window)
         self.slots.advance(n)
         return logits
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No garbage collection while capturing: a collection that frees another graph (an old
-    model's, after a hot swap) mid-capture resets it, which invalidates the capture."""
-    gc.collect()  # collect now, before any capture begins
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def graph_buckets(max_batch: int) -> list[int]:
-    """Batch sizes to capture: powers of two below ``max_batch``, and ``max_batch``."""
-    sizes = [1 << i for i in range(max_batch.bit_length()) if (1 << i) < max_batch]
-    return [*sizes, max_batch]
-
-
-class CudaGraphs:
-    """The decode step captured once per bucket of batch sizes, replayed with new inputs.
-
-    Inputs live in static buffers: ``tokens`` (shared with the batch) and ``positions``;
-    the slots are static already. Every bucket is captured up front, while no row is in use,
-    because capturing runs the step (it writes junk into the rows it covers).
-    """
-
-    def __init__(
-        self,
-        decoder: SlotModel,
-        slots: Slots,
-        tokens: Tensor,
-        max_batch: int,
-        buckets: Sequence[int] | None = None,
-    ) -> None:
-        self._decoder = decoder
-        self._slots = slots
-        self._tokens = tokens
-        self._positions = torch.zeros(max_batch, dtype=torch.long, device=tokens.device)
-        self._buckets = sorted(buckets or graph_buckets(max_batch))
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
-        pool = torch.cuda.graph_pool_handle()
-        with torch.inference_mode(), _collector_paused():
-            for size in reversed(self._buckets):  # largest first, so smaller ones reuse its pool
-                self._graphs[size] = self._capture(size, pool)
-        log.info("captured the decode step for batch sizes %s", self._buckets)
-
-    def _run(self, size: int) -> Tensor:
-        return self._decoder.decode_step(
-            self._slots, self._tokens[:size], self._positions[:size], None
-        )
-
-    def _capture(self, size: int, pool: Any) -> tuple[torch.cuda.CUDAGraph, Tensor]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm up (kernel selection, allocator) off the graph
-            for _ in range(2):
-                self._run(size)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            out = self._run(size)
-        return graph, out
-
-    def replay(self, n: int, positions: Tensor) -> Tensor:
-        """Logits (n, V) for rows 0..n-1 (``tokens[:n]`` already holds their inputs)."""
-        size = next(b for b in self._buckets if b >= n)
-        self._positions[:n].copy_(positions)
-        graph, out = self._graphs[size]
-        graph.replay()
-        return out[:n]

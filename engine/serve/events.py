@@ -1,7 +1,8 @@
 """Reply events: the one place the engine numbers a request's events and picks error codes.
 
-The torch thread reports what happened (:mod:`engine.work`: progress text, a finished
-:class:`~engine.work.Reply`, a :data:`~engine.work.Failure`, an applied control request);
+The torch thread reports what happened (:mod:`engine.serve.work`: progress text, a
+finished :class:`~engine.serve.work.Reply`, a :data:`~engine.serve.work.Failure`, an applied
+control request);
 :class:`ReplyEvents` turns each into the wire event the adapter receives (``Delta`` /
 ``Done`` / ``Error``), numbered ``0, 1, 2 …`` per request, and sorts a batch of outputs into
 what the worker writes in one transaction (:class:`Batch`).
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from bot.queue import BUSY_MESSAGE, Delivery, Outgoing
 from bot.wire import ChatRequest, ControlCommand, Delta, Done, Error, ErrorCode, Exchange, Turn
-from engine.work import Applied, Control, Failed, Failure, Finished, Output, Progress, Spill
+from engine.serve.work import Applied, Control, Failed, Failure, Finished, Output, Progress, Spill
 
 FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
     "unusable": ("bad_request", "Can't answer that: {detail}."),

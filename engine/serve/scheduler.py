@@ -6,7 +6,7 @@ The scheduler runs in the torch thread. Each loop iteration::
       -> one prefill pass (a chunk of every prefilling prompt) -> one decode step for every
       decoding row -> emit outputs (progress at the stream interval, finished, spills)
 
-Model state lives in slot batches sized before the first request (:mod:`engine.graphs`). An
+Model state lives in slot batches sized before the first request (:mod:`engine.serve.batches`). An
 admitted request copies its cached state (if any) into a row of its model's
 :class:`PrefillBatch`; each pass feeds every prefilling row a chunk of its prompt, the chunks
 together about ``prefill_chunk_tokens`` long so a long prompt cannot stall the decoding rows.
@@ -34,15 +34,15 @@ import torch
 
 from bot.settings import EngineSettings, SamplingSettings
 from bot.wire import FinishReason
-from engine.cache import CacheEntry, ContextCache, deserialize_entry, serialize_entry
 from engine.checkpoint import Checkpoint
 from engine.data.formatting import clean_text
-from engine.graphs import DecodeBatch, PrefillBatch, SlotBatch, serving_copy
-from engine.metrics import EngineMetrics
 from engine.models import SeqState
-from engine.prompt import build_prompt
-from engine.sampler import RowSampler, SamplingParams, sample_next
-from engine.work import (
+from engine.serve.batches import DecodeBatch, PrefillBatch, SlotBatch, serving_copy
+from engine.serve.cache import CacheEntry, ContextCache, deserialize_entry, serialize_entry
+from engine.serve.metrics import EngineMetrics
+from engine.serve.prompt import build_prompt
+from engine.serve.sampling import RowSampler, SamplingParams, sample_next
+from engine.serve.work import (
     Applied,
     Control,
     Failed,
@@ -169,6 +169,11 @@ class Scheduler:
             sampler=RowSampler(max_batch, model.device, banned),
             banned=banned,
         )
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the current model's decode step replays captured CUDA graphs."""
+        return self._model.decode.graphed
 
     # -- called from the event loop (thread-safe) ----------------------------------------
 

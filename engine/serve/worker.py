@@ -34,10 +34,10 @@ from bot.queue import Delivery, RequestConsumer, cancel_and_wait
 from bot.settings import Settings
 from bot.store import ConversationStore
 from bot.wire import ChatRequest, Heartbeat
-from engine.admission import Admission
-from engine.events import Batch, ReplyEvents
-from engine.scheduler import Scheduler
-from engine.work import Control, Finished, Output, Work
+from engine.serve.admission import Admission
+from engine.serve.events import Batch, ReplyEvents
+from engine.serve.scheduler import Scheduler
+from engine.serve.work import Control, Finished, Output, Work
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Bits per character (``total nats / ln 2 / characters``) is the number that compares a
 character model with a BPE one: a BPE token covers ~3.6 characters, so its loss per token is
 naturally higher. Loss alone cannot tell fluent nonsense from language, so we also sample
-replies to fixed prompts (temperature 0.8, in the engine's prompt layout, stopping at
+replies to fixed prompts (temperature 0.8, through the engine's own batch path, stopping at
 ``<|eot|>``) and measure ``word_validity`` (share of their words in the training text's
 strict vocabulary, :mod:`engine.quality.words`), ``reply_chars`` (mean reply length) and
 ``distinct_2`` (share of distinct word bigrams: low means the model repeats itself).
@@ -15,16 +15,25 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from prometheus_client import CollectorRegistry
 from torch import Tensor
 
-from engine.data import distinct_n, format_prompt, word_validity
+from bot.errors import ModelError
+from bot.queue import Delivery
+from bot.settings import EngineSettings, SamplingSettings
+from bot.wire import ChatRequest, Sampling, Turn
+from engine.checkpoint import Checkpoint
+from engine.data import distinct_n, word_validity
 from engine.hardware import cpu_has_native_bf16
 from engine.models import LanguageModel
-from engine.sampling import logits_to_probs, sample
+from engine.serve.metrics import EngineMetrics
+from engine.serve.scheduler import Scheduler
+from engine.serve.work import Failed, Finished, Work
 from engine.tokenizer import Tokenizer
 from engine.train.data import TokenSplit, chars_per_token, eval_windows
 
@@ -143,7 +152,57 @@ def _batches(windows: Tensor, tail: Tensor | None, batch_size: int) -> Iterator[
 # ------------------------------------------------------------------------------- sampling
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Ask:
+    """One reply to sample: ``prompt`` after ``history`` (``(role, text)`` turns), seeded."""
+
+    prompt: str
+    history: tuple[tuple[str, str], ...] = ()
+    seed: int = 0
+
+
+def generate_replies(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    asks: Sequence[Ask],
+    *,
+    temperature: float = 0.8,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """One reply per ask, in order, generated as one batch through the engine's own serving
+    path (:class:`~engine.serve.scheduler.Scheduler`): the prompt layout, the batched prefill
+    and decode, the banned special tokens and the reply's cleaning are the engine's.
+
+    ``max_new_tokens`` defaults to about 200 characters' worth (64 BPE tokens, 200 chars).
+    A reply cut off there loses its last, possibly half-written, word
+    (:func:`trim_cut_reply`): word validity must not punish a model for where the budget
+    happened to end. The model runs in its own dtype, as the engine runs it.
+    """
+    if not asks:
+        return []
+    if max_new_tokens is None:
+        max_new_tokens = _REPLY_TOKENS[tokenizer.kind]
+    was_training = model.training
+    replies: dict[str, str] = {}
+    try:
+        scheduler = _scheduler(model, tokenizer, len(asks), temperature, max_new_tokens)
+        requests = [_request(i, ask, temperature, max_new_tokens) for i, ask in enumerate(asks)]
+        for request in requests:
+            turns = request.history or ()
+            scheduler.submit(Work(Delivery(0, request.id, request), request, turns))
+        while len(replies) < len(requests):
+            for out in scheduler.step_once():
+                if isinstance(out, Finished):
+                    r = out.reply
+                    text = r.text if r.finish_reason == "stop" else trim_cut_reply(r.text)
+                    replies[out.work.request.id] = text
+                elif isinstance(out, Failed):
+                    raise ModelError(f"sampling a reply failed: {out.failure} {out.detail}")
+    finally:
+        model.train(was_training)  # serving put it in eval mode
+    return [replies[r.id] for r in requests]
+
+
 def sample_replies(
     model: LanguageModel,
     tokenizer: Tokenizer,
@@ -155,46 +214,67 @@ def sample_replies(
     seed: int = 0,
     history: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """``n`` replies to one user message after ``history`` (``(role, text)`` turns), generated
-    as one batch, each ending at ``<|eot|>``.
-
-    ``max_new_tokens`` defaults to about 200 characters' worth (64 BPE tokens, 200 chars).
-    A reply cut off there loses its last, possibly half-written, word: word validity must
-    not punish a model for where the budget happened to end. The model runs in its own
-    dtype, as the engine runs it (no autocast: a KV cache keeps one dtype throughout).
-    """
-    if max_new_tokens is None:
-        max_new_tokens = _REPLY_TOKENS[tokenizer.kind]
-    device, eot = model.device, tokenizer.eot_id
-    ids = tokenizer.encode(format_prompt(history, prompt))
-    prompt_ids = torch.tensor([ids] * n, device=device)  # (n, P): same prompt in every row
-    generators = [torch.Generator().manual_seed(seed * 7919 + i) for i in range(n)]
-    t = torch.full((n,), temperature)
-    top_k, top_p = torch.zeros(n, dtype=torch.long), torch.ones(n)
-    was_training = model.training
-    model.eval()
-    logits, state = model(prompt_ids, None, last_only=True)  # (n, 1, V)
-    replies: list[list[int]] = [[] for _ in range(n)]
-    finished = [False] * n
-    for _ in range(max_new_tokens):
-        probs = logits_to_probs(logits[:, -1].float().cpu(), t, top_k, top_p)  # (n, V)
-        nxt = sample(probs, generators)  # (n,)
-        for row, token in enumerate(nxt.tolist()):
-            finished[row] = finished[row] or token == eot
-            if not finished[row]:
-                replies[row].append(token)
-        if all(finished):
-            break
-        logits, state = model(nxt[:, None].to(device), state, last_only=True)
-    model.train(was_training)
-    texts = [tokenizer.decode(r) for r in replies]
-    return [t if done else _drop_last_word(t) for t, done in zip(texts, finished, strict=True)]
+    """``n`` replies to one user message after ``history`` (:func:`generate_replies`); reply
+    ``i`` is seeded from ``(seed, i)``, so it is the same whatever ``n`` is."""
+    asks = [Ask(prompt, tuple(history), _row_seed(seed, i)) for i in range(n)]
+    return generate_replies(
+        model, tokenizer, asks, temperature=temperature, max_new_tokens=max_new_tokens
+    )
 
 
 _REPLY_TOKENS = {"bpe": 64, "char": 200}
 
 
-def _drop_last_word(text: str) -> str:
+def _row_seed(seed: int, row: int) -> int:
+    return seed * 7919 + row
+
+
+def _scheduler(
+    model: LanguageModel, tokenizer: Tokenizer, rows: int, temperature: float, max_new: int
+) -> Scheduler:
+    checkpoint = Checkpoint(
+        model, tokenizer, model.config, "eval", metrics={}, provenance={}, path=Path("eval")
+    )
+    engine = EngineSettings(
+        max_batch=rows,
+        stream_interval_ms=_NO_STREAMING_MS,
+        cuda_graphs=False,  # one batch: capturing would cost more than it saves
+    )
+    bounds = SamplingSettings(
+        max_new_tokens=max_new,
+        max_new_tokens_limit=max_new,
+        max_temperature=max(temperature, 0.0),
+    )
+    metrics = EngineMetrics("eval", CollectorRegistry())  # not the process's /metrics
+    return Scheduler(checkpoint, engine, bounds, model.device, metrics=metrics)
+
+
+_NO_STREAMING_MS = 10**9
+"""Evaluation wants whole replies only: no progress outputs."""
+
+
+def _request(i: int, ask: Ask, temperature: float, max_new: int) -> ChatRequest:
+    sampling = Sampling(
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=max_new,
+        seed=ask.seed,
+    )
+    history = tuple(Turn(role, text) for role, text in ask.history)  # type: ignore[arg-type]
+    return ChatRequest(
+        id=f"eval-{i}",
+        conversation=f"eval-{i}",
+        reply_to="eval",
+        text=ask.prompt,
+        sampling=sampling,
+        history=history,
+    )
+
+
+def trim_cut_reply(text: str) -> str:
+    """A reply the token budget cut off, without its last (possibly half-written) word."""
     cut = max(text.rfind(" "), text.rfind("\n"))
     return text[:cut].rstrip() if cut > 0 else ""
 
@@ -210,12 +290,15 @@ def evaluate_samples(
 ) -> tuple[float, float, float, list[dict[str, str]]]:
     """(word_validity, distinct_2, reply_chars, one sample per prompt) over ``per_prompt``
     replies each."""
-    replies: list[str] = []
-    shown: list[dict[str, str]] = []
-    for i, prompt in enumerate(prompts):
-        got = sample_replies(model, tokenizer, prompt, n=per_prompt, seed=seed + i)
-        replies.extend(got)
-        shown.append({"prompt": prompt, "reply": got[0]})
+    asks = [
+        Ask(prompt, seed=_row_seed(seed + i, row))
+        for i, prompt in enumerate(prompts)
+        for row in range(per_prompt)
+    ]
+    replies = generate_replies(model, tokenizer, asks)  # every prompt's replies in one batch
+    shown = [
+        {"prompt": prompt, "reply": replies[i * per_prompt]} for i, prompt in enumerate(prompts)
+    ]
     reply_chars = sum(len(r) for r in replies) / len(replies) if replies else 0.0
     return word_validity(replies, vocabulary), distinct_n(replies, 2), reply_chars, shown
 

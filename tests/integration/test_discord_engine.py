@@ -19,8 +19,8 @@ from bot.queue import RequestConsumer
 from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings
 from bot.wire import Exchange
 from engine.checkpoint import Checkpoint
-from engine.scheduler import Scheduler
-from engine.worker import EngineWorker
+from engine.serve.scheduler import Scheduler
+from engine.serve.worker import EngineWorker
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.discord_harness import World, adapter_settings, build_world, running_adapter
 from tests.fakes.discord_payloads import Message

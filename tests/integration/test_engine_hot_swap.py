@@ -16,9 +16,9 @@ from bot.queue import ParleyClient, RequestConsumer
 from bot.settings import EngineSettings, RedisSettings, Settings
 from bot.wire import ChatRequest, Delta, Done, ReplyEvent, Sampling
 from engine.checkpoint import Checkpoint
-from engine.metrics import EngineMetrics
-from engine.scheduler import Scheduler
-from engine.worker import EngineWorker
+from engine.serve.metrics import EngineMetrics
+from engine.serve.scheduler import Scheduler
+from engine.serve.worker import EngineWorker
 from tests.unit.engine_fixtures import tiny_checkpoint
 
 ADAPTER = "web-swap"

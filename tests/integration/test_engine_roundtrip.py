@@ -15,8 +15,8 @@ from bot.queue import ParleyClient, RequestConsumer
 from bot.settings import EngineSettings, RedisSettings, Settings
 from bot.wire import ControlRequest, Delta, Done, Error, Sampling
 from engine.checkpoint import Checkpoint
-from engine.scheduler import Scheduler
-from engine.worker import EngineWorker
+from engine.serve.scheduler import Scheduler
+from engine.serve.worker import EngineWorker
 from tests.unit.engine_fixtures import tiny_checkpoint
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=16)

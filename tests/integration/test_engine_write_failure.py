@@ -79,7 +79,7 @@ async def test_a_failed_write_releases_the_conversation_for_reclaim(
     )
     ckpt: Checkpoint = tiny_checkpoint(tmp_path / "tiny", "gru")
     failed = WriteFailed(asyncio.get_running_loop())
-    worker_log = logging.getLogger("engine.worker")
+    worker_log = logging.getLogger("engine.serve.worker")
     worker_log.addHandler(failed)
     await redis.execute_command("ACL", "SETUSER", name, "-xadd")  # writes fail from now on
     try:

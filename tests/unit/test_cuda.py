@@ -8,6 +8,7 @@ the dtype rules are checked on the CPU.
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,14 @@ import torch
 
 from bot.settings import EngineSettings, SamplingSettings
 from engine.checkpoint import load_checkpoint
-from engine.graphs import DecodeBatch, fastest_decode_dtype, serving_copy
 from engine.hardware import cpu_has_native_bf16
 from engine.models.config import PRESETS
-from engine.scheduler import Scheduler
+from engine.serve.batches import DecodeBatch, fastest, serving_copy, time_decode_steps
+from engine.serve.scheduler import Scheduler
+from engine.serve.work import Finished
 from engine.service import choose_decode_dtype, load_for_serving, weights_dtype
 from engine.train import ddp
 from engine.train.run import run_training
-from engine.work import Finished
 from tests.unit.engine_fixtures import tiny_checkpoint
 from tests.unit.test_scheduler import make_work, replies, run_all
 from tests.unit.test_train_helpers import TINY, TINY_PRESET, tiny_config, tiny_options, write_corpus
@@ -44,14 +45,45 @@ def test_engine_dtype_setting_resolves_per_device(tmp_path: Path) -> None:
     assert decode("auto", CUDA) is None  # the GPU serves from its (bf16) weights
     assert decode("float32", CPU) is None
     assert decode("bfloat16", CPU) == torch.bfloat16
-    # auto on a CPU: bf16 only where the CPU has it natively, and then only if measured faster
-    assert decode("auto", CPU) in ((None, torch.bfloat16) if cpu_has_native_bf16() else (None,))
 
 
-def test_the_fastest_decode_dtype_is_one_of_the_candidates(tmp_path: Path) -> None:
+def fixed_timer(ms: dict[torch.dtype, float], asked: list[int]):
+    """A decode timer reporting these step times (for the choice alone; timing is measured
+    for real in the next test)."""
+
+    def timer(model: object, rows: int, candidates: Sequence[torch.dtype]) -> dict:
+        asked.append(rows)
+        return {d: ms[d] for d in candidates}
+
+    return timer
+
+
+@pytest.mark.parametrize("bf16_ms", [1.0, 3.0])
+def test_auto_on_a_cpu_serves_bf16_only_where_native_and_faster(
+    bf16_ms: float, tmp_path: Path
+) -> None:
     model = tiny_checkpoint(tmp_path / "gpt", "gpt").model
-    for candidates in ([torch.float32], [torch.float32, torch.bfloat16]):
-        assert fastest_decode_dtype(model, 8, candidates, steps=2) in candidates
+    asked: list[int] = []
+    timer = fixed_timer({torch.float32: 2.0, torch.bfloat16: bf16_ms}, asked)
+    chosen = choose_decode_dtype(EngineSettings(max_batch=4), model, CPU, timer=timer)
+    if not cpu_has_native_bf16():  # emulated bf16 is never faster: not even measured
+        assert chosen is None and asked == []
+    else:  # measured over a full batch, and bf16 taken only when its step is shorter
+        assert asked == [4]
+        assert chosen == (torch.bfloat16 if bf16_ms < 2.0 else None)
+
+
+def test_fastest_picks_the_shortest_step() -> None:
+    assert fastest({torch.float32: 2.0, torch.bfloat16: 1.0}) == torch.bfloat16
+    assert fastest({torch.float32: 1.0, torch.bfloat16: 2.0}) == torch.float32
+    assert fastest({torch.float32: 1.0, torch.bfloat16: 1.0}) == torch.float32  # a tie: first
+
+
+def test_decode_steps_are_timed_per_candidate_on_copies(tmp_path: Path) -> None:
+    model = tiny_checkpoint(tmp_path / "gpt", "gpt").model
+    times = time_decode_steps(model, 8, [torch.float32, torch.bfloat16], steps=2)
+    assert list(times) == [torch.float32, torch.bfloat16]
+    assert all(0.0 < t < 60.0 for t in times.values())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the model is untouched
 
 
@@ -63,7 +95,7 @@ def test_bf16_graphed_service_answers_a_full_batch_close_to_fp32(arch: str, tmp_
     assert gpu.model.dtype == torch.bfloat16 and gpu.model.device.type == "cuda"
     settings = EngineSettings(max_batch=16, stream_interval_ms=0, prefill_chunk_tokens=16)
     s = Scheduler(gpu, settings, SamplingSettings(), gpu.model.device)
-    assert s._model.decode._graphs is not None  # the decode step replays captured graphs
+    assert s.cuda_graphs  # the decode step replays captured graphs
     works = [make_work(f"c{i}", f"hello number {i}", rid=f"r{i}") for i in range(24)]
     done = [o for o in run_all(s, list(works)) if isinstance(o, Finished)]
     assert sorted(o.work.request.id for o in done) == sorted(w.request.id for w in works)

@@ -7,9 +7,9 @@ import asyncio
 
 from bot.queue import BUSY_MESSAGE, Delivery
 from bot.wire import ChatRequest, ControlRequest, Delta, Done, Error, Turn
-from engine.admission import Admission
-from engine.events import FAILURES, ReplyEvents
-from engine.work import Applied, Control, Failed, Finished, Progress, Reply, Spill, Work
+from engine.serve.admission import Admission
+from engine.serve.events import FAILURES, ReplyEvents
+from engine.serve.work import Applied, Control, Failed, Finished, Progress, Reply, Spill, Work
 
 
 def delivery(rid: str, conv: str, text: str = "hi") -> Delivery:

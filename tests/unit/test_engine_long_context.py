@@ -22,9 +22,9 @@ from bot.settings import EngineSettings, SamplingSettings
 from bot.wire import Sampling, Turn
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.data.formatting import format_prompt
-from engine.graphs import PrefillBatch, serving_copy
 from engine.models import ModelConfig, build_model
-from engine.scheduler import Scheduler
+from engine.serve.batches import PrefillBatch, serving_copy
+from engine.serve.scheduler import Scheduler
 from engine.tokenizer import train_char_tokenizer
 from tests.unit.test_scheduler import make_work, replies, run_all
 

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from bot.settings import EngineSettings, SamplingSettings
 from bot.wire import Sampling, Turn
-from engine.metrics import EngineMetrics
-from engine.scheduler import Scheduler
+from engine.serve.metrics import EngineMetrics
+from engine.serve.scheduler import Scheduler
 from tests.unit.engine_fixtures import tiny_checkpoint
 from tests.unit.test_scheduler import make_work, replies, run_all
 

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from engine.graphs import DecodeBatch, PrefillBatch, graph_buckets, serving_copy
 from engine.models import LanguageModel, ModelConfig, build_model
+from engine.serve.batches import DecodeBatch, PrefillBatch, serving_copy
+from engine.serve.cuda_graphs import graph_buckets
 from tests.unit.engine_fixtures import DEVICES
+from tests.unit.state_reference import empty_state, merge_states, split_state
 
 V = 40
 TINY = {
@@ -53,8 +55,8 @@ def ids(n: int, seed: int) -> list[int]:
 
 def prefilled(model: LanguageModel, prompt: list[int]):
     """The dynamic path: a one-row state after ``prompt``, and its last logits (V,)."""
-    logits, state = model(torch.tensor([prompt]), model.empty_state(1))
-    return model.split_state(state)[0], logits[0, -1]
+    logits, state = model(torch.tensor([prompt]), empty_state(model, 1))
+    return split_state(model, state)[0], logits[0, -1]
 
 
 @torch.inference_mode()
@@ -64,7 +66,7 @@ def test_decode_step_equals_the_dynamic_path_row_for_row(model: LanguageModel) -
     batch = DecodeBatch(model, serving_copy(model, None), rows=6)
     for st in states:
         batch.join(st, 0)
-    reference = model.merge_states(states)
+    reference = merge_states(model, states)
     for step in range(30):  # past the GPT's 24-slot window: rows slide as the dynamic path does
         nxt = torch.tensor(ids(len(prompts), seed=100 + step))
         batch.tokens[: batch.n] = nxt
@@ -104,7 +106,7 @@ def test_leaving_rows_never_disturbs_the_others(model: LanguageModel) -> None:
         order.pop()
     batch.tokens[: batch.n] = 3
     got = batch.step()
-    want, _ = model(torch.full((3, 1), 3), model.merge_states([states[c] for c in order]))
+    want, _ = model(torch.full((3, 1), 3), merge_states(model, [states[c] for c in order]))
     torch.testing.assert_close(got, want[:, -1], atol=ATOL, rtol=0)
 
 
@@ -118,7 +120,7 @@ def test_ragged_prefill_equals_one_prompt_at_a_time(model: LanguageModel) -> Non
         batch.join(st)
     got = batch.feed(chunks)
     for r, (st, chunk) in enumerate(zip(starts, chunks, strict=True)):
-        want, _ = model(torch.tensor([chunk]), model.merge_states([st]))
+        want, _ = model(torch.tensor([chunk]), merge_states(model, [st]))
         torch.testing.assert_close(got[r], want[0, -1], atol=ATOL, rtol=0)
         assert batch.state(r).length == (0 if st is None else st.length) + len(chunk)
 
@@ -144,7 +146,7 @@ def test_bf16_serving_stays_close_and_hands_back_model_dtype_states(model: Langu
     batch = DecodeBatch(model, serving_copy(model, torch.bfloat16), rows=2)
     batch.join(st, 4)
     got = batch.step()
-    want, _ = model(torch.tensor([[4]]), model.merge_states([st]))
+    want, _ = model(torch.tensor([[4]]), merge_states(model, [st]))
     assert got.dtype == torch.float32
     # bf16 keeps 8 bits of mantissa: logits agree to a few percent of their spread.
     assert (got[0] - want[0, -1]).abs().max() < 0.05 * want.std()

@@ -8,15 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from bot.cli import cli
-from engine.models import ModelConfig, build_model
+from engine.checkpoint import load_checkpoint
+from engine.models import LanguageModel, ModelConfig, build_model
 from engine.models.config import PRESETS
-from engine.tokenizer import train_char_tokenizer
+from engine.tokenizer import Tokenizer, train_char_tokenizer
 from engine.train.data import TokenSplit, count_chars
-from engine.train.evaluate import evaluate_loss, sample_replies
+from engine.train.evaluate import (
+    Ask,
+    evaluate_loss,
+    generate_replies,
+    sample_replies,
+    trim_cut_reply,
+)
 from engine.train.run import run_training
 from tests.unit.test_train_helpers import TINY, TINY_PRESET, tiny_config, tiny_options, write_corpus
 
@@ -65,41 +71,36 @@ def test_char_model_bpc_is_its_loss_in_bits() -> None:
     assert report.bpc == pytest.approx(report.loss / math.log(2) * (len(ids) - 1) / len(ids))
 
 
-class _Scripted(torch.nn.Module):
-    """A stand-in model that says ``script`` token by token, then ``<|eot|>``, then junk."""
-
-    def __init__(self, script: list[int], eot: int, vocab_size: int) -> None:
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives .device and .dtype
-        self.script, self.eot, self.vocab_size, self.calls = script, eot, vocab_size, 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.anchor.device
-
-    def forward(self, tokens: torch.Tensor, state: object = None, *, last_only: bool = False):  # type: ignore[no-untyped-def]
-        step = self.calls
-        self.calls += 1
-        wanted = self.script[step] if step < len(self.script) else self.eot
-        if step > len(self.script):
-            wanted = self.script[0]  # would show up if generation ran past <|eot|>
-        logits = torch.full((tokens.shape[0], 1, self.vocab_size), -1e4)
-        logits[:, :, wanted] = 1e4
-        return logits, None
+@pytest.fixture
+def trained(tmp_path: Path) -> tuple[LanguageModel, Tokenizer]:
+    corpus = write_corpus(tmp_path / "chats.jsonl")
+    result = run_training(tiny_options(tmp_path, corpus), tiny_config(max_steps=10))
+    ckpt = load_checkpoint(result.checkpoint)
+    return ckpt.model, ckpt.tokenizer
 
 
-def test_replies_are_the_tokens_before_end_of_turn() -> None:
-    tokenizer = train_char_tokenizer(["<|user|>hi<|eot|><|bot|>yo<|eot|>"])
-    script = tokenizer.encode("yo")
-    model = _Scripted(script, tokenizer.eot_id, tokenizer.vocab_size)
-    replies = sample_replies(model, tokenizer, "hi", n=3, max_new_tokens=10)  # type: ignore[arg-type]
-    assert replies == ["yo", "yo", "yo"]
-    assert model.calls == len(script) + 1  # stopped once every row had said <|eot|>
+def test_a_reply_is_the_same_sampled_alone_or_in_a_batch(trained) -> None:
+    """Replies come from the engine's batch path: row i is seeded from (seed, i), and a batch
+    gives each row what it would get alone."""
+    model, tokenizer = trained
+    batch = sample_replies(model, tokenizer, "hi there", n=3, seed=5, max_new_tokens=12)
+    alone = sample_replies(model, tokenizer, "hi there", n=1, seed=5, max_new_tokens=12)
+    assert batch[0] == alone[0]
+    assert sample_replies(model, tokenizer, "hi there", n=3, seed=5, max_new_tokens=12) == batch
+    assert all("<|" not in r for r in batch)  # no special token ever reaches a reply
+    assert model.training is False  # a loaded checkpoint stays in eval mode
 
 
-def test_a_reply_cut_off_by_the_budget_loses_its_half_word() -> None:
-    tokenizer = train_char_tokenizer(["<|user|>hi<|eot|><|bot|>ab cd ef<|eot|>"])
-    script = tokenizer.encode("ab cd ef")
-    model = _Scripted(script, tokenizer.eot_id, tokenizer.vocab_size)
-    replies = sample_replies(model, tokenizer, "hi", n=1, max_new_tokens=7)  # type: ignore[arg-type]
-    assert replies == ["ab cd"]  # "ab cd e" stopped mid-word
+def test_generating_leaves_a_training_model_in_training_mode(trained) -> None:
+    model, tokenizer = trained
+    model.train()
+    replies = generate_replies(model, tokenizer, [Ask("hi"), Ask("and you?", (("user", "hi"),))])
+    assert len(replies) == 2 and model.training
+
+
+@pytest.mark.parametrize(
+    ("cut", "kept"),
+    [("ab cd e", "ab cd"), ("ab cd\nef", "ab cd"), ("abcdef", ""), ("ab  ", "ab")],
+)
+def test_a_reply_cut_off_by_the_budget_loses_its_half_word(cut: str, kept: str) -> None:
+    assert trim_cut_reply(cut) == kept

@@ -10,6 +10,7 @@ from safetensors.torch import save as st_save
 from bot.errors import ModelError
 from engine.models import PRESETS, LanguageModel, ModelConfig, build_model, preset_config
 from engine.models.transformer import GPT
+from tests.unit.state_reference import empty_state, merge_states, split_state
 
 V = 40
 TINY = {
@@ -80,8 +81,8 @@ def test_step_from_cached_state_equals_full_recompute(model: LanguageModel) -> N
 @torch.no_grad()
 def test_chunked_prefill_equals_one_shot(model: LanguageModel, chunk: int) -> None:
     seq = tokens(2, 20)
-    one_shot, _ = model(seq, model.empty_state(2))
-    state, pieces = model.empty_state(2), []
+    one_shot, _ = model(seq, empty_state(model, 2))
+    state, pieces = empty_state(model, 2), []
     for start in range(0, 20, chunk):
         logits, state = model(seq[:, start : start + chunk], state)
         pieces.append(logits)
@@ -109,9 +110,9 @@ def test_batched_greedy_equals_unbatched_for_ragged_prompts(model: LanguageModel
     seqs, first = [], []
     for p in prompts:
         logits, state = model(p[None], None)
-        seqs += model.split_state(state)
+        seqs += split_state(model, state)
         first.append(logits[:, -1])
-    state = model.merge_states(seqs)
+    state = merge_states(model, seqs)
     nxt = torch.cat(first).argmax(-1)  # (B,)
     got: list[list[int]] = [[] for _ in prompts]
     got_logits = []
@@ -125,38 +126,38 @@ def test_batched_greedy_equals_unbatched_for_ragged_prompts(model: LanguageModel
     torch.testing.assert_close(
         torch.stack(got_logits, 1), torch.stack(expected_logits), atol=ATOL, rtol=0
     )
-    assert [s.length for s in model.split_state(state)] == [len(p) + steps for p in prompts]
+    assert [s.length for s in split_state(model, state)] == [len(p) + steps for p in prompts]
 
 
 @torch.no_grad()
 def test_fresh_row_in_a_merged_batch_equals_a_fresh_start(model: LanguageModel) -> None:
     prompt, follow_up = tokens(1, 5), tokens(1, 5, seed=6)
     _, old = model(tokens(1, 9, seed=5), None)
-    history = model.split_state(old)[0]
-    batched, _ = model(torch.cat([follow_up, prompt]), model.merge_states([history, None]))
+    history = split_state(model, old)[0]
+    batched, _ = model(torch.cat([follow_up, prompt]), merge_states(model, [history, None]))
     fresh, _ = model(prompt, None)
-    continued, _ = model(follow_up, model.merge_states([history]))
+    continued, _ = model(follow_up, merge_states(model, [history]))
     torch.testing.assert_close(batched, torch.cat([continued, fresh]), atol=ATOL, rtol=0)
 
 
 @torch.no_grad()
 def test_split_merge_round_trip(model: LanguageModel) -> None:
     _, state = model(tokens(3, 7), None)
-    seqs = model.split_state(state)
+    seqs = split_state(model, state)
     assert [s.length for s in seqs] == [7, 7, 7]
     assert all(s.nbytes > 0 for s in seqs)
     nxt = tokens(3, 1, seed=7)
     want, _ = model(nxt, state)
-    got, _ = model(nxt, model.merge_states(seqs))
+    got, _ = model(nxt, merge_states(model, seqs))
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
 @torch.no_grad()
 def test_split_states_are_independent_of_the_batch(model: LanguageModel) -> None:
     _, state = model(tokens(2, 6), None)
-    seqs = model.split_state(state)
+    seqs = split_state(model, state)
     before = {k: t.clone() for k, t in seqs[0].to_tensors().items()}
-    model(tokens(2, 4, seed=8), model.merge_states(seqs))  # writes into the batch buffers
+    model(tokens(2, 4, seed=8), merge_states(model, seqs))  # writes into the batch buffers
     for k, t in seqs[0].to_tensors().items():
         assert torch.equal(t, before[k]), "a later step changed a cached conversation state"
 
@@ -164,13 +165,13 @@ def test_split_states_are_independent_of_the_batch(model: LanguageModel) -> None
 @torch.no_grad()
 def test_state_tensors_round_trip_through_safetensors(model: LanguageModel) -> None:
     _, state = model(tokens(2, 8), None)
-    seqs = model.split_state(state)
+    seqs = split_state(model, state)
     blob = st_save(seqs[1].to_tensors())  # what the engine spills to Redis
     restored = model.state_from_tensors(st_load(blob))
     assert restored.length == seqs[1].length and restored.nbytes == seqs[1].nbytes
     nxt = tokens(1, 1, seed=9)
-    want, _ = model(nxt, model.merge_states([seqs[1]]))
-    got, _ = model(nxt, model.merge_states([restored]))
+    want, _ = model(nxt, merge_states(model, [seqs[1]]))
+    got, _ = model(nxt, merge_states(model, [restored]))
     assert torch.equal(got, want)
 
 
@@ -206,7 +207,7 @@ def test_gpt_window_keeps_sinks_and_recent_tokens() -> None:
     # slides the cache must equal a fresh prefill of (sink tokens + most recent tokens).
     model, sinks = tiny_gpt(n_layer=1), 2
     seq = tokens(1, 40)
-    state = model.empty_state(1)
+    state = empty_state(model, 1)
     for start in range(0, 40, 3):
         logits, state = model(seq[:, start : start + 3], state)
     assert model.max_context == 16
@@ -222,9 +223,9 @@ def test_gpt_never_attends_to_padding_slots() -> None:
     model = tiny_gpt(n_layer=2)
     _, a = model(tokens(1, 12), None)
     _, b = model(tokens(1, 3, seed=2), None)
-    state = model.merge_states(model.split_state(a) + model.split_state(b))
+    state = merge_states(model, split_state(model, a) + split_state(model, b))
     nxt = tokens(2, 1, seed=3)
-    want, _ = model(nxt, model.merge_states(model.split_state(state)))
+    want, _ = model(nxt, merge_states(model, split_state(model, state)))
     for layer in state.k + state.v:  # garbage past row 1's end, where right-padding lives
         layer[1, :, 3:] = 1e3 * torch.randn_like(layer[1, :, 3:])
     got, _ = model(nxt, state)
@@ -236,7 +237,7 @@ def test_gpt_decodes_past_block_size_in_a_ragged_batch() -> None:
     model = tiny_gpt(n_layer=2)
     _, a = model(tokens(1, 15), None)
     _, b = model(tokens(1, 2, seed=2), None)
-    state = model.merge_states(model.split_state(a) + model.split_state(b) + [None])
+    state = merge_states(model, split_state(model, a) + split_state(model, b) + [None])
     nxt = tokens(3, 1, seed=3)
     for _ in range(30):
         logits, state = model(nxt, state)

@@ -12,9 +12,9 @@ import torch
 from bot.queue.items import Delivery
 from bot.settings import EngineSettings, SamplingSettings
 from bot.wire import ChatRequest, ControlRequest, Sampling, Turn
-from engine.cache import deserialize_entry
-from engine.scheduler import Scheduler
-from engine.work import Applied, Control, Failed, Finished, Output, Progress, Spill, Work
+from engine.serve.cache import deserialize_entry
+from engine.serve.scheduler import Scheduler
+from engine.serve.work import Applied, Control, Failed, Finished, Output, Progress, Spill, Work
 from tests.unit.engine_fixtures import DEVICES, tiny_checkpoint
 
 GREEDY = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
