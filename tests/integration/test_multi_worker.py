@@ -4,8 +4,10 @@ The workers split the shards between them (leases); one is killed with SIGKILL w
 generating replies; its shards and the requests it left pending move to the other worker
 (reclaimed after ``redis.claim_idle_ms``), whose replies reach the same HTTP responses; the
 conversations go on there; every request is answered exactly once (one ``done`` per response,
-one logged exchange per request). Every process is the real ``parley`` command, and each tells
-the test it serves through its systemd notify socket.
+one logged exchange per request). Then the other worker is stopped as systemd stops it
+(SIGTERM) while it generates: it drains, finishing every reply before it exits. Every process
+is the real ``parley`` command, and each tells the test it serves through its systemd notify
+socket.
 
 The Redis is a server of the test's own (the embedded one ``parley run`` uses), so no other
 test run's workers or model announcements reach these processes.
@@ -236,9 +238,26 @@ async def test_a_killed_worker_s_conversations_continue_on_the_other(
         assert await pending_of(redis, "worker-a") == 0
         assert await pending_of(redis, "worker-b") == 0
 
-        b.signal(signal.SIGTERM)
-        await b.notified("STOPPING")
+        # Stopped mid-reply (systemd's SIGTERM), worker B drains: it says STOPPING, finishes
+        # the replies it is generating (no other worker is left to take them) and exits 0.
+        third = {c: Reply(c) for c in everyone}
+        async with aiohttp.ClientSession() as http:
+            calls = [asyncio.create_task(chat(http, url, third[c])) for c in everyone]
+            async with asyncio.timeout(STEP_S):
+                await asyncio.gather(*(third[c].first_delta.wait() for c in everyone))
+            b.signal(signal.SIGTERM)
+            await b.notified("STOPPING")
+            assert await pending_of(redis, "worker-b") > 0, "nothing was in flight at the stop"
+            async with asyncio.timeout(STEP_S):
+                await asyncio.gather(*calls)
         assert await b.wait() == 0, b.log()
+        for reply in third.values():
+            assert reply.errors == [], (reply.conversation, reply.errors)
+            assert len(reply.done) == 1, (reply.conversation, reply.done)
+        assert await exchanges_by_conversation(redis) == Counter(
+            {f"web:{c}:{c}": 3 for c in everyone}
+        )
+        assert await pending_of(redis, "worker-b") == 0
     except BaseException:
         for process in fleet:
             print(process.log())
