@@ -10,8 +10,9 @@ looked at, :mod:`engine.quality.splits`), each ending in a user turn, it scores:
 - ``random``: a reply from another test conversation (a random human reply);
 - each mode's reply (:mod:`engine.quality.candidates`): ``generate`` (one sample, temperature
   0.8), ``retrieve`` (the best of the ``--k`` past replies from the training split whose
-  preceding turn best matches the message, FTS5/BM25), ``hybrid`` (the best of ``--n``
-  samples and those ``--k``), ranked by the model's length-normalised likelihood; and
+  preceding turn best matches the message, FTS5/BM25; the samples when nothing matches),
+  ``hybrid`` (the best of ``--n`` samples and those ``--k``), ranked by the model's
+  length-normalised likelihood; and
   ``retrieve_pmi`` / ``hybrid_pmi``, the same candidates ranked by pointwise mutual
   information. Repeats of the bot's earlier lines in the context lose 1 nat per token.
 
@@ -55,7 +56,7 @@ from bench.report import run_meta, save_result
 from engine.checkpoint import load_checkpoint
 from engine.data.formatting import format_prompt
 from engine.models import LanguageModel
-from engine.quality.candidates import SERVED_MODE, ReplyIndex, choose
+from engine.quality.candidates import SERVED_MODE, ReplyIndex, score
 from engine.quality.relevance import SelectionExample, build_examples
 from engine.quality.splits import DEFAULT_TEST_FRACTION
 from engine.quality.words import measure_replies, strict_vocabulary, word_counts
@@ -102,19 +103,19 @@ class Parley:
         )  # fmt: skip
         retrieved = self.index.search(message, k)
         recent = [text for role, text in history if role == "bot"][-3:]
-        out = {"generate": sampled[0]}
-        for name, pool, ranking in (
-            ("retrieve", retrieved, "likelihood"),
-            ("hybrid", sampled + retrieved, "likelihood"),
-            ("retrieve_pmi", retrieved, "pmi"),
-            ("hybrid_pmi", sampled + retrieved, "pmi"),
-        ):
-            pool = [c for c in pool if c.strip()] or sampled
-            choice = choose(
-                self.model, self.tokenizer, prompt, pool, recent_bot_lines=recent,
-                ranking=ranking,  # type: ignore[arg-type]
-            )  # fmt: skip
-            out[name] = choice.reply
+        out = dict.fromkeys(MODE_NAMES, sampled[0])
+        if not any(c.strip() for c in sampled + retrieved):
+            return out  # nothing to choose between: every mode says the (empty) sample
+        scored = score(
+            self.model, self.tokenizer, prompt, sampled + retrieved, recent_bot_lines=recent,
+            with_prior=True,
+        )  # fmt: skip
+        # With no retrieved line that the scorer kept, "retrieve" falls back to the samples.
+        retrieve = [r for r in retrieved if r in scored.candidates] or None
+        out["retrieve"] = scored.best("likelihood", among=retrieve)
+        out["hybrid"] = scored.best("likelihood")
+        out["retrieve_pmi"] = scored.best("pmi", among=retrieve)
+        out["hybrid_pmi"] = scored.best("pmi")
         return out
 
     def _fit(self, history: Sequence[tuple[str, str]], message: str) -> list[tuple[str, str]]:

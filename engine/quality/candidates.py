@@ -74,6 +74,57 @@ class ReplyIndex:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """Candidates with the model's scores: per-token log-likelihood given the conversation,
+    without it (``prior``, when asked for), and the repeat penalty each one carries."""
+
+    candidates: tuple[str, ...]
+    likelihood: tuple[float, ...]
+    prior: tuple[float, ...] | None
+    penalty: tuple[float, ...]
+
+    def ranked(self, ranking: Ranking) -> list[float]:
+        """The score each candidate is ranked by (higher is better)."""
+        if ranking == "pmi":
+            if self.prior is None:
+                raise ValueError("PMI ranking needs the prior: score(..., with_prior=True)")
+            base = [c - p for c, p in zip(self.likelihood, self.prior, strict=True)]
+        else:
+            base = list(self.likelihood)
+        return [b - p for b, p in zip(base, self.penalty, strict=True)]
+
+    def best(self, ranking: Ranking, among: Iterable[str] | None = None) -> str:
+        """The best candidate, optionally only among ``among`` (which must hold one)."""
+        allowed = None if among is None else set(among)
+        scores = self.ranked(ranking)
+        pool = [i for i, c in enumerate(self.candidates) if allowed is None or c in allowed]
+        if not pool:
+            raise ValueError("none of those candidates was scored")
+        return self.candidates[max(pool, key=lambda i: scores[i])]
+
+
+def score(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    candidates: Sequence[str],
+    *,
+    recent_bot_lines: Sequence[str] = (),
+    with_prior: bool = False,
+    repeat_penalty: float = 1.0,
+) -> Scored:
+    """Score each distinct non-blank candidate as a reply after ``prompt`` (ending ``<|bot|>``)."""
+    unique = tuple(c for c in dict.fromkeys(candidates) if c.strip())
+    if not unique:
+        raise ValueError("no candidate replies to choose from")
+    likelihood = reply_loglik(model, tokenizer, prompt, unique)
+    prior = reply_loglik(model, tokenizer, PRIOR_PROMPT, unique) if with_prior else None
+    recent = {n for n in map(_normalise, recent_bot_lines) if n}
+    penalty = tuple(repeat_penalty * (_normalise(c) in recent) for c in unique)
+    return Scored(unique, tuple(likelihood), None if prior is None else tuple(prior), penalty)
+
+
+@dataclass(frozen=True)
 class Choice:
     """The chosen reply, and every candidate with its score (for inspection and tests)."""
 
@@ -93,19 +144,11 @@ def choose(
     repeat_penalty: float = 1.0,
 ) -> Choice:
     """The best of ``candidates`` as a reply after ``prompt`` (which ends in ``<|bot|>``)."""
-    unique = [c for c in dict.fromkeys(candidates) if c.strip()]
-    if not unique:
-        raise ValueError("no candidate replies to choose from")
-    scores = reply_loglik(model, tokenizer, prompt, unique)
-    if ranking == "pmi":
-        prior = reply_loglik(model, tokenizer, PRIOR_PROMPT, unique)
-        scores = [s - p for s, p in zip(scores, prior, strict=True)]
-    recent = {n for n in map(_normalise, recent_bot_lines) if n}
-    scores = [
-        s - repeat_penalty * (_normalise(c) in recent) for c, s in zip(unique, scores, strict=True)
-    ]
-    best = max(range(len(unique)), key=lambda i: scores[i])
-    return Choice(unique[best], tuple(unique), tuple(scores))
+    scored = score(
+        model, tokenizer, prompt, candidates, recent_bot_lines=recent_bot_lines,
+        with_prior=ranking == "pmi", repeat_penalty=repeat_penalty,
+    )  # fmt: skip
+    return Choice(scored.best(ranking), scored.candidates, tuple(scored.ranked(ranking)))
 
 
 def _normalise(line: str) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from engine.data.formatting import format_turns
 from engine.models import ModelConfig, build_model
-from engine.quality.candidates import ReplyIndex, choose
+from engine.quality.candidates import ReplyIndex, choose, score
 from engine.quality.relevance import PRIOR_PROMPT, reply_loglik
 from engine.tokenizer import train_char_tokenizer
 
@@ -78,3 +78,16 @@ def test_no_candidates_is_a_value_error() -> None:
     model, tokenizer = _tiny()
     with pytest.raises(ValueError):
         choose(model, tokenizer, PROMPT, ["", " "])  # type: ignore[arg-type]
+
+
+def test_the_best_among_a_subset_and_pmi_needs_the_prior() -> None:
+    model, tokenizer = _tiny()
+    scored = score(model, tokenizer, PROMPT, CANDIDATES)  # type: ignore[arg-type]
+    ranked = scored.ranked("likelihood")
+    subset = CANDIDATES[2:]
+    want = max(subset, key=lambda c: ranked[CANDIDATES.index(c)])
+    assert scored.best("likelihood", among=subset) == want
+    with pytest.raises(ValueError):
+        scored.best("likelihood", among=["not a candidate"])
+    with pytest.raises(ValueError):
+        scored.best("pmi")
