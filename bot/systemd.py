@@ -10,7 +10,8 @@ runs from a terminal.
 The watchdog is pinged from a task on the event loop, at half the period systemd asked for: a
 loop that is wedged (a blocking call, a busy coroutine) stops pinging and systemd restarts the
 service. :func:`supervised` wraps a whole service: READY once it serves, STOPPING once it
-drains, STATUS lines for both, and the watchdog for its whole life.
+drains, STATUS lines for both, and the watchdog for its whole life. :func:`instance_port`
+gives each instance of a templated unit (``parley-engine@3``) a port of its own.
 """
 
 from __future__ import annotations
