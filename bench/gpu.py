@@ -7,7 +7,7 @@ GPU and model:
 
 - ``engine.<preset>``: tokens/s of ``concurrency`` conversations through the scheduler
   (bf16 weights, as ``engine.dtype=auto`` loads them on a GPU) with CUDA graphs and without
-  (``graphs_ratio``), over the one-request-at-a-time loop of bench.engine on the same bf16
+  (``graphs_ratio``), over the one-request-at-a-time loop of bench.serving on the same bf16
   model on the same GPU (``throughput_ratio``): nanoGPT's ``generate`` for a GPT, the
   char-RNN loop for a GRU. Random weights, a character vocabulary, replies of a fixed length.
 - ``followup``: time to first token of a follow-up with cached state over a recompute of a
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bench.engine import (
+from bench.serving import (
     PLAIN,
     Sizes,
     bench_checkpoint,

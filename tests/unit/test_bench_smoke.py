@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import engine as engine_bench
+from bench import serving as serving_bench
 from bench import gpu as gpu_bench
 from bench import report
 
@@ -22,9 +22,9 @@ def torch_threads_restored() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def test_engine_bench_quick_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serving_bench_quick_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--quick", "--threads", "1", "--skip", "queue", "e2e"]
-    assert engine_bench.main(argv) == 0
+    assert serving_bench.main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("gru_throughput_ratio", "transformer_throughput_ratio", "followup_ttft_ratio"):
         assert result[key] > 0, key

@@ -28,7 +28,7 @@ fastest), as ``timeit`` does:
   (default: all cores but one, which the adapter, the load generator and Redis need — as a
   deployment of all three on one small machine would set ``engine.torch_threads``).
 
-Usage: ``python -m bench.engine [--quick] [--redis-url URL] [--threads N] [--e2e-threads N]``.
+Usage: ``python -m bench.serving [--quick] [--redis-url URL] [--threads N] [--e2e-threads N]``.
 ``--threads`` sets torch's threads for the other sections; by default the throughput section
 measures each side at 1..cores threads and keeps each side's best (an engine on a busy shared
 machine does best on fewer threads than cores, see the README's figures). Redis: database 7
@@ -38,14 +38,12 @@ else an embedded server.
 
 from __future__ import annotations
 
-import os
 import sys
 
 if __name__ == "__main__" and not __package__:
-    # Run as a file, this folder would shadow the `engine` package: run as a module.
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-    os.execv(sys.executable, [sys.executable, "-m", "bench.engine", *sys.argv[1:]])
+    # As a file, this folder comes first on sys.path and bench/queue.py would shadow the
+    # standard library's `queue`: say how to run it instead of failing on an import.
+    sys.exit("run it as a module, from the repository root: python -m bench.serving [--quick]")
 
 import argparse
 import asyncio
@@ -54,6 +52,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing as mp
+import os
 import string
 import tempfile
 import time
@@ -85,7 +84,7 @@ from engine.serve.work import Finished, Work
 from engine.serve.worker import EngineWorker
 from engine.tokenizer import train_char_tokenizer
 
-log = logging.getLogger("bench.engine")
+log = logging.getLogger("bench.serving")
 
 E2E_DB = 7
 TEMPERATURE = 0.8
