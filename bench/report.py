@@ -7,6 +7,8 @@ Running this module rewrites the part of README.md between ``<!-- bench:start --
 
     python -m bench.report            # rewrite README.md's block
     python -m bench.report --check    # exit 1 if the block is not what the files give
+    python -m bench.serving | python -m bench.report --save serving-cpu  # a script that
+                                      # only prints its JSON, saved with commit and machine
 
 A result file without ``meta`` (written before results carried it) is listed as such.
 """
@@ -167,7 +169,54 @@ def render_peers(name: str, r: dict[str, Any]) -> list[str]:
     return lines
 
 
-RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {"peers-": render_peers}
+ENGINE_MODELS = {"gru": "GRU preset", "transformer": "Transformer preset"}
+
+
+def render_engine(name: str, r: dict[str, Any]) -> list[str]:
+    """bench/serving.py's throughput section: each dtype paired with itself."""
+    lines = [
+        f"**Engine vs plain loops** — `python -m bench.serving` ({describe_run(name, r)}). "
+        f"{r.get('transformer_concurrency', 64)} conversations through the scheduler against, "
+        "on the same model in the same dtype:",
+        "",
+        "- batch-1 loop: one request at a time, one token per step, carrying the model's own "
+        "state (the GRU's hidden state, the GPT's KV cache);",
+        "- static batch: all the requests as one batch decoded together with that state until "
+        "the last is done.",
+        "",
+        "| model | dtype | engine tokens/s | batch-1 loop tokens/s | engine ÷ loop "
+        "| static batch tokens/s | engine ÷ static |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in ENGINE_MODELS.items():
+        if f"{key}_throughput_ratio_fp32" not in r or f"{key}_static_ratio" not in r:
+            continue
+        chosen = "bf16" if r[f"{key}_engine_decode_dtype"] == "bfloat16" else "fp32"
+        for prec in ("fp32", "bf16"):
+            b = "**" if prec == chosen else ""
+            lines.append(
+                f"| {label} ({r[f'{key}_new_tokens']} new tokens) | {prec} "
+                f"| {r[f'{key}_engine_{prec}_tokens_per_s']:,.0f} "
+                f"| {r[f'{key}_loop_{prec}_tokens_per_s']:,.0f} "
+                f"| {b}{r[f'{key}_throughput_ratio_{prec}']:.1f}×{b} "
+                f"| {r[f'{key}_static_{prec}_tokens_per_s']:,.0f} "
+                f"| {b}{r[f'{key}_static_ratio_{prec}']:.2f}×{b} |"
+            )
+    if "transformer_naive_ratio" in r:
+        lines += [
+            "",
+            "Naive, no headline: nanoGPT's `generate` as written (the whole context re-run for "
+            f"every token, fp32) makes {r['transformer_naive_fp32_tokens_per_s']:,.0f} tokens/s; "
+            f"the engine is {r['transformer_naive_ratio']:.1f}× that. Bold: the dtype the "
+            'engine picks (`engine.dtype = "auto"`); each side at its best thread count.',
+        ]
+    return lines
+
+
+RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
+    "peers-": render_peers,
+    "serving-": render_engine,
+}
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
@@ -183,7 +232,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         if result.get("quick"):
             continue
         renderer = next((f for p, f in RENDERERS.items() if name.startswith(p)), None)
-        if renderer is None:
+        if renderer is None or "meta" not in result:
             others.append(describe_run(name, result))
         else:
             lines += [*renderer(name, result), ""]
@@ -202,7 +251,15 @@ def rewrite(readme: str, block: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rewrite README.md's figures from bench/results.")
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
+    parser.add_argument(
+        "--save",
+        metavar="NAME",
+        help="instead: save the JSON object on stdin (a benchmark's output) as NAME.json",
+    )
     args = parser.parse_args(argv)
+    if args.save:
+        print(save_result(args.save, json.loads(sys.stdin.read())))
+        return 0
     readme = README.read_text(encoding="utf-8")
     updated = rewrite(readme, render(load_results()))
     if args.check:
