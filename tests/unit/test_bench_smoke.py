@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import serving as serving_bench
 from bench import gpu as gpu_bench
 from bench import report
+from bench import serving as serving_bench
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +22,7 @@ def torch_threads_restored() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.mark.timeout(900)  # every section of the benchmark, shrunk; minutes on a busy machine
 def test_serving_bench_quick_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--quick", "--threads", "1", "--skip", "queue", "e2e"]
     assert serving_bench.main(argv) == 0
@@ -30,6 +31,7 @@ def test_serving_bench_quick_prints_its_figures(capsys: pytest.CaptureFixture[st
         assert result[key] > 0, key
 
 
+@pytest.mark.timeout(900)
 def test_gpu_bench_runs_its_code_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert gpu_bench.main(["--quick", "--cpu-smoke", "--skip", "train"]) == 0
     result = json.loads(capsys.readouterr().out)
