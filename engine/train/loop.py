@@ -123,11 +123,14 @@ class Trainer:
         provenance: dict[str, Any],
         world: ddp.World | None = None,
         on_step: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.world = world or ddp.World(0, 1, model.device)
         self.model = model.to(self.world.device)
         self.tokenizer, self.data, self.cfg, self.out = tokenizer, data, cfg, Path(out)
         self.preset, self.provenance, self.on_step = preset, provenance, on_step
+        self.clock = clock
+        """Seconds, for the wall-clock budget (``time.perf_counter``; tests pass their own)."""
         self.amp_dtype = autocast_dtype(self.world.device, cfg.precision)
         self.optimizer = make_optimizer(
             self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2
@@ -179,14 +182,14 @@ class Trainer:
             self.progress = load_state(state, self.model, self.optimizer, self.world.device)
             log.info("resuming from %s at step %d", state, self.progress.step)
         self.model.train()
-        started = time.perf_counter() - self.progress.elapsed_s
+        started = self.clock() - self.progress.elapsed_s
         bar = self._bar()
         try:
             with interrupts_between_steps() as interrupted:
                 while not self.progress.stopped:
                     if interrupted():
                         self._save_on_interrupt()
-                    elapsed = ddp.broadcast_floats([time.perf_counter() - started], self.world)[0]
+                    elapsed = ddp.broadcast_floats([self.clock() - started], self.world)[0]
                     self.progress.elapsed_s = elapsed
                     if self.schedule.done(self.progress.step, elapsed):
                         self.progress.stopped = "max_steps" if self._hit_max_steps() else "budget"

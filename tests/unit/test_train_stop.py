@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -28,13 +27,26 @@ def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "chats.jsonl")
 
 
-def test_the_budget_stops_the_run_on_time(tmp_path: Path, corpus: Path) -> None:
+class TickingClock:
+    """A clock that moves ``tick_s`` each time it is read: the run's budget is reached after
+    a known number of steps, however fast or busy the machine is."""
+
+    def __init__(self, tick_s: float) -> None:
+        self.tick_s, self.now_s = tick_s, 0.0
+
+    def __call__(self) -> float:
+        self.now_s += self.tick_s
+        return self.now_s
+
+
+def test_the_budget_stops_the_run_when_its_time_is_up(tmp_path: Path, corpus: Path) -> None:
     cfg = tiny_config(max_steps=None, budget_s=2.0, eval_interval=50)
-    started = time.monotonic()
-    result = run_training(tiny_options(tmp_path, corpus), cfg)
+    # The loop reads the clock once at the start and once before each step: at 0.25 s a
+    # tick, the 8th step would start at 2.0 s, so the budget lets exactly 7 run.
+    result = run_training(tiny_options(tmp_path, corpus), cfg, clock=TickingClock(0.25))
     assert result.metrics["stopped"] == "budget"
-    assert 2.0 <= result.metrics["wall_time_s"] < 3.0
-    assert time.monotonic() - started < 20
+    assert result.metrics["steps"] == 7
+    assert result.metrics["wall_time_s"] == 2.0
 
 
 def test_no_improvement_stops_early(tmp_path: Path, corpus: Path) -> None:
