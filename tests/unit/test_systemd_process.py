@@ -65,7 +65,8 @@ async def until(changed: asyncio.Condition, check: Callable[[], T | None], timeo
 
 
 class ParleyProcess:
-    """``parley <args>`` as a child process with its own notify socket. Its log lines are
+    """``parley <args>`` as a child process (through ``wrapper``, a command that execs its
+    arguments, when given) with its own notify socket. Its log lines are
     collected in :attr:`lines`; each new line (and its exit) notifies ``changed``, which
     several processes may share."""
 
@@ -76,8 +77,10 @@ class ParleyProcess:
         workdir: Path,
         *,
         changed: asyncio.Condition | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.args = args
+        self.wrapper = wrapper or []
         self.env = dict(env)
         self.workdir = workdir
         self.socket_dir = tempfile.TemporaryDirectory(prefix="sd-")
@@ -96,6 +99,7 @@ class ParleyProcess:
     async def start(self) -> ParleyProcess:
         env = {**self.env, "NOTIFY_SOCKET": self.notify_path, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
         self.proc = await asyncio.create_subprocess_exec(
+            *self.wrapper,
             str(PARLEY),
             *self.args,
             env=env,
