@@ -15,8 +15,9 @@ Workloads:
 - (b) chat: 256 conversations arriving as a Poisson process. Prompts are real histories from
   the chitchat validation split (the oldest turns dropped until prompt + reply fit the
   model's window, so every side sees the same tokens); the rate is ``--load`` x the requests/s
-  Parley sustains in (a). Peers serve as a plain server would: whatever waits, up to 64, as
-  one batch. Replies end at end-of-turn, capped at 200 tokens. A model with random weights
+  Parley sustains when all of them arrive at once (its capacity for this traffic). Peers
+  serve as a plain server would: whatever waits, up to 64, as one batch. Replies end at
+  end-of-turn, capped at 200 tokens. A model with random weights
   never says end-of-turn, so for one (the starter predates Llama's layout) each reply ends
   where the human reply it stands for ended (in tokens, capped), end-of-turn banned, on
   every side alike; the JSON says which (``reply_lengths``: ``model`` or ``data``).
@@ -511,12 +512,14 @@ def run_device(
             return side.serve(a_reqs, a_limits, eot=False)
         return serve_static(side, a_reqs, a_limits, eot=False)
 
-    # Warm up every side, and calibrate the arrival rate on Parley's capacity in (a).
+    # Warm up every side, and calibrate the arrival rate on Parley's capacity for (b)'s
+    # requests: all of them at once, so it always has as many as it can batch.
     for side in (parley, *peers):
         run_a(side)
-    parley_a = summarize(run_a(parley), parley.dtype)["tokens_per_s"]
+    burst = [dataclasses.replace(r, arrival_s=0.0) for r in chats]
+    capacity = summarize(parley.serve(burst, b_limits, eot), parley.dtype)["tokens_per_s"]
     mean_reply = sum(r.reply_tokens for r in chats) / len(chats)
-    rate = args.rate or args.load * parley_a / mean_reply
+    rate = args.rate or args.load * capacity / mean_reply
     b_reqs = poisson(chats, rate, seed=1)
 
     def run_b(side: ParleySide | StaticBatcher) -> list[Trace]:
@@ -553,7 +556,8 @@ def run_device(
                 "mean_prompt_tokens": round(sum(len(r.prompt) for r in chats) / len(chats), 1),
                 "arrival_rate_per_s": round(rate, 1),
                 "load": None if args.rate else args.load,
-                "rate_from": "--rate" if args.rate else "load x Parley's (a) tokens/s / mean reply",
+                "capacity_tokens_per_s": capacity,
+                "rate_from": "--rate" if args.rate else "load x capacity / mean reply",
             },
             "repeats": repeats,
         },

@@ -127,7 +127,13 @@ def render_peers(name: str, r: dict[str, Any]) -> list[str]:
         "",
         f"(a) {r['workload']['a']['sequences']} sequences × {r['workload']['a']['new_tokens']} "
         f"new tokens at once. (b) {wb['conversations']} chitchat-validation conversations, "
-        f"Poisson arrivals at {wb['arrival_rate_per_s']}/s, mean prompt "
+        f"Poisson arrivals at {wb['arrival_rate_per_s']}/s"
+        + (
+            f" ({wb['load']} × what Parley sustains on them, measured in the run)"
+            if wb.get("load") and "capacity_tokens_per_s" in wb
+            else ""
+        )
+        + f", mean prompt "
         f"{wb['mean_prompt_tokens']} tokens, replies of {wb['mean_reply_tokens']} tokens on "
         f"average (cap {wb['reply_cap']}; "
         + (
