@@ -1,7 +1,7 @@
 """Every Redis key, stream, group and channel name Parley uses, in one place.
 
-Keys that belong to one shard carry the shard in a hash tag (``{3}``) so a Redis Cluster
-keeps a shard's streams on one node.
+Keys that belong to one shard carry the shard in a hash tag (``{3}``), which a Redis Cluster
+would use to keep a shard's keys on one node; Parley itself connects to a single Redis server.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ LIVE_MODEL = f"{PREFIX}:model:live"
 """String: the model version engines should serve."""
 
 ENGINES = f"{PREFIX}:engines"
-"""Hash: worker id -> JSON heartbeat (model version, time); entries expire by their time."""
-
-STATS = f"{PREFIX}:stats"
-"""Hash of engine counters shown on the dashboard."""
+"""Hash: worker id -> its latest :class:`bot.wire.Heartbeat` (JSON, :mod:`bot.engines`). A
+stopping engine removes its entry; readers take one older than ``HEARTBEAT_FRESH_S`` for dead."""
 
 TRAIN_PROGRESS = f"{PREFIX}:train:progress"
 """String: the latest :class:`bot.wire.JobUpdate` of the running (or last) retrain job,
