@@ -145,3 +145,38 @@ def telegram_reply_message(bot_id: int, chat_id: int, message_id: int) -> str:
 def telegram_refused(bot_id: int, chat_id: int) -> str:
     """String with TTL: the chat outside ``telegram.allowed_chats`` was told so once."""
     return f"{PREFIX}:tg:{bot_id}:refused:{chat_id}"
+
+
+# --- Discord adapter (adapters/discord) ------------------------------------------------------
+
+
+def discord_claim(request_id: str) -> str:
+    """String with TTL: set (NX) before a Discord message or interaction is answered; a
+    redelivery (a gateway replay after a resume) finding it is not answered again."""
+    return f"{PREFIX}:discord:claim:{request_id}"
+
+
+def discord_chain(message_id: int) -> str:
+    """String with TTL: the first user message of the reply chain that bot message
+    ``message_id`` belongs to, so a reply to it continues that conversation
+    (``discord.context = "reply-chain"``)."""
+    return f"{PREFIX}:discord:chain:{message_id}"
+
+
+def discord_thread(thread_id: int) -> str:
+    """String with TTL: the bot has answered in thread ``thread_id``, so it answers every
+    message there; renewed on each answer."""
+    return f"{PREFIX}:discord:thread:{thread_id}"
+
+
+def discord_reply_message(message_id: int) -> str:
+    """String with TTL: the request id that bot message ``message_id`` answers, so a 👍/👎
+    reaction on it becomes feedback on that reply."""
+    return f"{PREFIX}:discord:msg:{message_id}"
+
+
+def discord_reactions(request_id: str) -> str:
+    """Sorted set with TTL: the 👍/👎 reactions standing on the messages of the reply to
+    ``request_id`` (member ``<value>:<message>:<user>:<emoji>[:super]``, score the time in ms
+    it was added); the most recent one is the reply's feedback."""
+    return f"{PREFIX}:discord:reactions:{request_id}"

@@ -6,7 +6,9 @@ here), the per-user rate limit (one notice per blocked spell), the length check,
 :class:`~bot.wire.ChatRequest`, and :meth:`DiscordChat.stream`, which shows the reply events
 through a sink (typing indicator until the first message, edits at most once per
 ``edit_interval_s``, continuation messages past 2,000 characters). A failed reply becomes a
-short human message, never silence and never a traceback in the channel.
+short human message, never silence and never a traceback in the channel. The messages of a
+finished reply are remembered, so a 👍/👎 on them is feedback on it
+(:mod:`adapters.discord.reactions`).
 
 Handlers run as tasks this class tracks, so :meth:`DiscordChat.drain` lets the replies in
 flight finish before the adapter stops.
@@ -164,17 +166,13 @@ class DiscordChat:
             chain_root=root,
         )
         sink = ChannelSink(
-            message.channel, reference=message, metrics=self.metrics, adapter_id=self.adapter_id
+            message.channel,
+            reference=message,
+            metrics=self.metrics,
+            adapter_id=self.adapter_id,
+            on_sent=self._bookkeeping(incoming, root),
         )
-        sent = await self.stream(request, sink, typing=message.channel)
-        try:  # bookkeeping for the next message; the reply itself is out
-            if self.settings.context == "reply-chain" and sent:
-                await self.state.extend_chain((m.id for m in sent), root or message.id)
-            if incoming.in_thread and sent:
-                await self.state.join_thread(incoming.channel_id)
-        except ParleyError as e:
-            self.metrics.errors.labels(self.adapter_id, "queue").inc()
-            log.warning("discord message %s: answered, but not remembered: %s", message.id, e)
+        await self.stream(request, sink, typing=message.channel)
 
     async def refusal(self, user_id: int, text: str) -> str | None:
         """Why not to answer (a notice to send, or ``""`` to stay quiet), else ``None``."""
@@ -210,6 +208,25 @@ class DiscordChat:
                 return root
         return incoming.message_id
 
+    def _bookkeeping(
+        self, incoming: Incoming, root: int | None
+    ) -> Callable[[discord.Message], Awaitable[None]]:
+        """What each message of a reply records for the next user message, as soon as it is
+        posted: its link to the reply chain started at ``root`` (if any), and that the bot
+        takes part in the thread it is in."""
+
+        async def record(sent: discord.Message) -> None:
+            try:
+                if root is not None:
+                    await self.state.extend_chain([sent.id], root)
+                if incoming.in_thread:
+                    await self.state.join_thread(incoming.channel_id)
+            except ParleyError as e:  # the reply goes on; only this bookkeeping is lost
+                self.metrics.errors.labels(self.adapter_id, "queue").inc()
+                log.warning("discord: message %s posted, not recorded: %s", sent.id, e)
+
+        return record
+
     async def _notice(self, message: discord.Message, text: str) -> None:
         sink = ChannelSink(
             message.channel, reference=message, metrics=self.metrics, adapter_id=self.adapter_id
@@ -243,12 +260,24 @@ class DiscordChat:
             self.metrics.edits.labels(self.adapter_id).inc(reply.edits)
         if reply.gone:
             return reply.messages
+        if isinstance(final, Done) and reply.messages:
+            await self._remember(request.id, reply.messages)
         if isinstance(final, Error):
             await sink.send(final.message, first=not reply.started)
         elif not reply.started:
             text = EMPTY_REPLY if isinstance(final, Done) else FAILED
             await sink.send(text, first=True)
         return reply.messages
+
+    async def _remember(self, request_id: str, messages: list[discord.Message]) -> None:
+        """Which request ``messages`` answer, so a reaction on them is feedback on it."""
+        try:
+            await self.state.remember_reply((m.id for m in messages), request_id)
+        except ParleyError as e:  # the reply itself is out; only its feedback is lost
+            self.metrics.errors.labels(self.adapter_id, "queue").inc()
+            log.warning(
+                "discord %s: answered, but reactions on it will not count: %s", request_id, e
+            )
 
 
 def _typer(channel: discord.abc.Messageable) -> Callable[[], Awaitable[None]]:

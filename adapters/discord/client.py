@@ -1,4 +1,5 @@
-"""The discord.py client Parley runs: intents, no pings, 429s counted, commands synced.
+"""The discord.py client Parley runs: intents, no pings, 429s counted, commands synced,
+reactions handed on as feedback.
 
 :func:`point_library_at` aims discord.py at the configured REST base and gateway, which is
 how Parley runs against a Discord-compatible server and the test fake.
@@ -16,6 +17,7 @@ import yarl
 from discord.gateway import DiscordWebSocket
 
 from adapters.discord.chat import DiscordChat
+from adapters.discord.reactions import DiscordReactions, reaction_facts
 from adapters.discord.sinks import NO_PINGS
 from adapters.discord.slash import SlashCommands
 from bot.settings import DiscordSettings
@@ -38,23 +40,28 @@ def point_library_at(settings: DiscordSettings) -> None:
 
 
 def intents(message_content: bool) -> discord.Intents:
-    """Guilds, guild and DM messages; message content only when asked for (privileged)."""
+    """Guilds, guild and DM messages and their reactions (👍/👎 as feedback); message content
+    only when asked for (the one privileged intent)."""
     wanted = discord.Intents.none()
     wanted.guilds = True
     wanted.guild_messages = True
     wanted.dm_messages = True
+    wanted.guild_reactions = True
+    wanted.dm_reactions = True
     wanted.message_content = message_content
     return wanted
 
 
 class ParleyDiscordClient(discord.Client):
-    """Hands messages to :class:`DiscordChat` and interactions to :class:`SlashCommands`."""
+    """Hands messages to :class:`DiscordChat`, interactions to :class:`SlashCommands` and
+    reactions to :class:`DiscordReactions`."""
 
     def __init__(
         self,
         settings: DiscordSettings,
         chat: DiscordChat,
         slash: SlashCommands,
+        reactions: DiscordReactions,
         *,
         message_content: bool,
         ready: asyncio.Event | None = None,
@@ -69,6 +76,7 @@ class ParleyDiscordClient(discord.Client):
         )
         self.chat = chat
         self.slash = slash
+        self.reactions = reactions
         self.parley_ready = ready
         self.tree = slash.tree(self)
 
@@ -93,6 +101,20 @@ class ParleyDiscordClient(discord.Client):
         if self.user is None or message.author.id == self.user.id:
             return
         self.chat.spawn(self.chat.on_message(message, self.user.id), f"message {message.id}")
+
+    async def on_raw_reaction_add(self, event: discord.RawReactionActionEvent) -> None:
+        self._reaction(event)
+
+    async def on_raw_reaction_remove(self, event: discord.RawReactionActionEvent) -> None:
+        self._reaction(event)
+
+    def _reaction(self, event: discord.RawReactionActionEvent) -> None:
+        """Hand a 👍/👎 to :class:`DiscordReactions`, in the order the gateway sent them."""
+        if self.user is None:
+            return
+        reaction = reaction_facts(event, self.user.id)
+        if reaction is not None:
+            self.chat.spawn(self.reactions.handle(reaction), f"reaction on {event.message_id}")
 
     async def _count_429(
         self,

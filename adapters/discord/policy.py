@@ -1,9 +1,10 @@
 """What the Discord adapter decides, as pure functions of plain facts (no discord.py types).
 
 Whether to answer a message and why, the conversation key it belongs to, the request id that
-makes a redelivery recognisable, who counts as an admin, and how a reply's text is made
-harmless (``@everyone``/``@here`` broken with a zero-width space; the allowed-mentions setting
-that stops every other ping is set where messages are sent).
+makes a redelivery recognisable, which reactions are feedback (👍 and 👎), who counts as an
+admin, and how a reply's text is made harmless (``@everyone``/``@here`` broken with a
+zero-width space; the allowed-mentions setting that stops every other ping is set where
+messages are sent).
 """
 
 from __future__ import annotations
@@ -97,6 +98,40 @@ def context_key(
     if settings.context == "reply-chain" and chain_root is not None:
         return f"{PLATFORM}:{channel_id}:chain:{chain_root}"
     return f"{PLATFORM}:{channel_id}:{user_id}"
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A 👍 or 👎 a user (not a bot) put on a message, or took off it."""
+
+    message_id: int
+    channel_id: int
+    user_id: int
+    emoji: str
+    """As Discord names it, skin tone included: the removal names it the same way."""
+    super_reaction: bool
+    value: Literal[-1, 1]
+    added: bool
+    """True when put on, false when taken off."""
+
+
+THUMBS: dict[str, Literal[-1, 1]] = {"\N{THUMBS UP SIGN}": 1, "\N{THUMBS DOWN SIGN}": -1}
+_SKIN_TONE = re.compile("[\U0001f3fb-\U0001f3ff]")
+_VARIATION_SELECTOR = "\ufe0f"
+
+
+def thumb(emoji_name: str | None, *, custom: bool) -> Literal[-1, 1] | None:
+    """``1`` for a 👍 reaction (any skin tone), ``-1`` for a 👎, ``None`` for anything else
+    (a server's own emoji is never a thumb, whatever its name)."""
+    if custom or not emoji_name:
+        return None
+    plain = _SKIN_TONE.sub("", emoji_name).replace(_VARIATION_SELECTOR, "")
+    return THUMBS.get(plain)
+
+
+def reaction_request_id(message_id: int, user_id: int) -> str:
+    """Names the feedback a user's reaction on message ``message_id`` sends."""
+    return f"{PLATFORM}-r-{message_id}-{user_id}"
 
 
 def message_request_id(message_id: int) -> str:

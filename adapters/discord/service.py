@@ -23,6 +23,7 @@ import discord
 from adapters.discord.chat import DiscordChat
 from adapters.discord.client import ParleyDiscordClient, point_library_at
 from adapters.discord.metrics import discord_metrics
+from adapters.discord.reactions import DiscordReactions
 from adapters.discord.slash import SlashCommands
 from adapters.discord.state import DiscordState
 from adapters.metrics import adapter_metrics
@@ -80,11 +81,16 @@ async def serve(
             metrics=metrics,
         )
         slash = SlashCommands(chat, commands)
+        reactions = DiscordReactions(
+            config, state=chat.state, commands=commands, metrics=metrics, adapter_id=adapter_id
+        )
         content = config.message_content
         if not content:
             log.warning(WITHOUT_CONTENT, " (discord.message_content is off)")
         while True:
-            client = ParleyDiscordClient(config, chat, slash, message_content=content, ready=ready)
+            client = ParleyDiscordClient(
+                config, chat, slash, reactions, message_content=content, ready=ready
+            )
             try:
                 await _run(client, token, chat, stop, drain_s=config.reply_timeout_s)
                 return

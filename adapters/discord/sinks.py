@@ -8,6 +8,8 @@ out of reach (403) raises :class:`ReplyGone`, which ends that reply quietly.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import discord
 
 from adapters.discord.metrics import DiscordMetrics
@@ -19,7 +21,12 @@ NO_PINGS = discord.AllowedMentions.none()
 
 
 class ChannelSink:
-    """Posts a reply in the channel of the user's message; the first message references it."""
+    """Posts a reply in the channel of the user's message; the first message references it.
+
+    ``on_sent`` is awaited with each message as soon as it is posted, before the reply goes
+    on, so what it records (the reply chain, a joined thread) holds for a user message that
+    comes while the reply still streams.
+    """
 
     def __init__(
         self,
@@ -28,9 +35,11 @@ class ChannelSink:
         reference: discord.Message | None,
         metrics: DiscordMetrics,
         adapter_id: str,
+        on_sent: Callable[[discord.Message], Awaitable[None]] | None = None,
     ) -> None:
         self.channel = channel
         self.reference = reference
+        self.on_sent = on_sent
         self._sent = metrics.sent.labels(adapter_id)
 
     async def send(self, text: str, *, first: bool) -> discord.Message:
@@ -42,6 +51,8 @@ class ChannelSink:
         else:
             message = await self.channel.send(content, allowed_mentions=NO_PINGS)
         self._sent.inc()
+        if self.on_sent is not None:
+            await self.on_sent(message)
         return message
 
     async def edit(self, handle: discord.Message, text: str) -> None:

@@ -6,9 +6,11 @@ One aiohttp server plays both halves of Discord's API v10:
   message-content intent when the application may not have it closes with 4014, as Discord
   does), heartbeats and their ACKs, READY with a ``resume_gateway_url`` pointing back here,
   GUILD_CREATE, and the dispatches tests trigger (MESSAGE_CREATE, THREAD_CREATE,
-  INTERACTION_CREATE). The session keeps every dispatch it sequenced, so after
-  :meth:`FakeDiscord.drop_gateway` or :meth:`FakeDiscord.send_reconnect` a RESUME replays
-  exactly what the client missed, then RESUMED. zlib-stream compression as the client asks.
+  INTERACTION_CREATE, MESSAGE_REACTION_ADD and MESSAGE_REACTION_REMOVE — the last two only
+  to a session that asked for the guild or DM reactions intent, as Discord does). The
+  session keeps every dispatch it sequenced, so after :meth:`FakeDiscord.drop_gateway` or
+  :meth:`FakeDiscord.send_reconnect` a RESUME replays exactly what the client missed, then
+  RESUMED. zlib-stream compression as the client asks.
 - **REST** (``/api/v10``): the bot user and application, command sync, messages (send, edit,
   typing), interaction callbacks (valid for 3 s after the interaction, as on Discord) and
   webhook follow-ups. :meth:`FakeDiscord.fail_next` makes a route answer 429 with Discord's
@@ -17,8 +19,8 @@ One aiohttp server plays both halves of Discord's API v10:
 Without the message-content intent, guild messages that neither mention the bot nor come in
 a DM reach the client with empty content, as Discord sends them.
 
-Tests drive it with :meth:`say`, :meth:`dm`, :meth:`slash` and wait on it with :meth:`wait_for`
-(woken on every change, never polled on a timer).
+Tests drive it with :meth:`say`, :meth:`dm`, :meth:`slash`, :meth:`react` and :meth:`unreact`,
+and wait on it with :meth:`wait_for` (woken on every change, never polled on a timer).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ from tests.fakes.discord_payloads import (
 
 API = "/api/v10"
 MESSAGE_CONTENT_INTENT = 1 << 15
+GUILD_MESSAGE_REACTIONS_INTENT = 1 << 10
+DIRECT_MESSAGE_REACTIONS_INTENT = 1 << 13
+SUPER_REACTION_COLOURS = ["#ffd700", "#ff8c00"]
 INTERACTION_ACK_WINDOW_S = 3.0
 """Discord refuses an interaction callback this long after the interaction."""
 HEARTBEAT_INTERVAL_MS = 41_250
@@ -115,6 +120,10 @@ class FakeDiscord:
         self.refused_intents = 0
         """IDENTIFYs closed with 4014 (message content asked for but not allowed)."""
         self.resumes = 0
+        self.reactions: set[tuple[int, int, str, bool]] = set()
+        """(message id, user id, emoji, super) of every reaction on a message now."""
+        self.withheld: list[str] = []
+        """Events not sent because the session lacks the intent Discord requires for them."""
         self._session: _Session | None = None
         self._failures: list[_Failure] = []
         self._changed = asyncio.Condition()
@@ -291,6 +300,62 @@ class FakeDiscord:
         interaction.payload = data
         await self.dispatch("INTERACTION_CREATE", data)
         return interaction
+
+    async def react(self, user: User, message: Message, emoji: str, *, burst: bool = False) -> bool:
+        """``user`` puts ``emoji`` (a Unicode emoji; ``burst``: as a super reaction) on
+        ``message``: MESSAGE_REACTION_ADD, unless it is there already (Discord sends nothing
+        then either). Whether the reaction is new."""
+        assert not message.deleted, "Discord refuses reactions on a deleted message"
+        reaction = (message.id, user.id, emoji, burst)
+        if reaction in self.reactions:
+            return False
+        self.reactions.add(reaction)
+        data = self._reaction_payload(user, message, emoji, burst)
+        guild = self._guild_of(message.channel)
+        if guild is not None:
+            data["member"] = guild.member_payload(user)
+        data["message_author_id"] = str(message.author.id)
+        if burst:
+            data["burst_colors"] = SUPER_REACTION_COLOURS
+        await self._dispatch_reaction("MESSAGE_REACTION_ADD", message, data)
+        return True
+
+    async def unreact(
+        self, user: User, message: Message, emoji: str, *, burst: bool = False
+    ) -> bool:
+        """``user`` takes ``emoji`` off ``message``: MESSAGE_REACTION_REMOVE, unless it was
+        not there. Whether there was one to take off."""
+        reaction = (message.id, user.id, emoji, burst)
+        if reaction not in self.reactions:
+            return False
+        self.reactions.discard(reaction)
+        data = self._reaction_payload(user, message, emoji, burst)
+        await self._dispatch_reaction("MESSAGE_REACTION_REMOVE", message, data)
+        return True
+
+    def _reaction_payload(self, user: User, message: Message, emoji: str, burst: bool) -> Payload:
+        """The fields MESSAGE_REACTION_ADD and MESSAGE_REACTION_REMOVE share."""
+        data: Payload = {
+            "user_id": str(user.id),
+            "channel_id": str(message.channel.id),
+            "message_id": str(message.id),
+            "emoji": {"id": None, "name": emoji},
+            "burst": burst,
+            "type": 1 if burst else 0,
+        }
+        if message.channel.guild_id is not None:
+            data["guild_id"] = str(message.channel.guild_id)
+        return data
+
+    async def _dispatch_reaction(self, event: str, message: Message, data: Payload) -> None:
+        session = self._session
+        assert session is not None, "no gateway session yet"
+        in_dm = message.channel.type == 1
+        needed = DIRECT_MESSAGE_REACTIONS_INTENT if in_dm else GUILD_MESSAGE_REACTIONS_INTENT
+        if not session.intents & needed:
+            self.withheld.append(event)
+            return
+        await self.dispatch(event, data)
 
     # -- what tests observe ------------------------------------------------------------------
 
