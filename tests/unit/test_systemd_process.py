@@ -287,3 +287,22 @@ async def test_web_adapter_is_ready_pings_and_stops(
     assert f":{port}" in starting[-1]["STATUS"]
     assert keys_in_order(serving) == ["WATCHDOG"]
     assert keys_in_order(stopping)[-1] == "STOPPING"
+
+
+async def test_parley_run_without_web_is_ready_pings_and_stops(
+    model: Path, workdir: Path, processes: list[ParleyProcess]
+) -> None:
+    # No Redis URL: `parley run` starts its embedded server; READY once the engine serves.
+    env = parley_env(workdir, "", **engine_settings(model))
+    del env["PARLEY_REDIS__URL"]
+    run = await ParleyProcess(["run", "--no-web"], env, workdir).start()
+    processes.append(run)
+    starting = await run.notified("READY")
+    serving = await run.notified("WATCHDOG")
+    run.signal(signal.SIGTERM)
+    stopping = await run.notified("STOPPING")
+    assert await run.wait() == 0, run.log()
+    assert starting[0] == {"STATUS": "parley run: starting"}
+    assert starting[-1] == {"READY": "1", "STATUS": "parley run: serving"}
+    assert keys_in_order(serving) == ["WATCHDOG"]
+    assert keys_in_order(stopping)[-1] == "STOPPING"
