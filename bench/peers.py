@@ -24,7 +24,9 @@ Workloads:
 
 Per side: tokens/s (completion tokens over first arrival to last token), time to first token
 and inter-token latency (p50/p99, ms; a token's time is when the side hands it back:
-Parley's step returns it, transformers' stopping criterion or CT2's callback sees it).
+Parley's step returns it, transformers' stopping criterion or CT2's callback sees it). Parley
+streams every token here (``stream_interval_ms = 0``; a deployment's default is 100 ms, which
+costs it less).
 ``best_peer_ratio_a`` / ``_b`` are Parley's tokens/s over the best peer's; ``decode_mfu`` is
 Parley's model FLOPs per generated token x tokens/s in (a) over a matmul peak measured in this
 run in the dtype it serves in. Each side runs ``--repeats`` times, interleaved, and keeps its
@@ -55,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 from torch import nn
@@ -334,7 +337,6 @@ class CTranslate2Side:
         self.generator.generate_batch(
             [[self.vocab[i] for i in p] for p in prompts],
             max_length=max(limits),
-            min_length=0 if eot else max(limits),  # no end token before the row's own limit
             sampling_topk=0,  # the whole vocabulary
             sampling_temperature=TEMPERATURE,
             include_prompt_in_result=False,  # the prompt in one forward, not token by token
@@ -372,12 +374,7 @@ def serve_static(
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    return float(np.percentile(values, q)) if values else math.nan
 
 
 def summarize(traces: Sequence[Trace], dtype: str) -> dict[str, Any]:
