@@ -23,6 +23,7 @@ from bot.errors import ParleyError
 from bot.settings import Settings
 from engine.quality.report import QualityReport
 from engine.train import ddp
+from engine.train.archive import export_archive
 from engine.train.evaluate import EvalReport
 from engine.train.loop import TrainResult
 from engine.train.run import RunOptions, resolve_preset, run_training, train_config
@@ -56,6 +57,11 @@ def _interrupt(signum: int, frame: object) -> None:
     "data",
     multiple=True,
     help="chitchat, or a JSONL / Telegram / Discord file. Repeatable.",
+)
+@click.option(
+    "--from-archive",
+    is_flag=True,
+    help="Train on the conversation archive too (consent applied; plus any --data).",
 )
 @click.option(
     "--include-bot", is_flag=True, help="Keep the bot's own replies (excluded by default)."
@@ -135,10 +141,14 @@ def _train(settings: Settings, **o: Any) -> None:
     world = ddp.init_world(o["device"])
     try:
         out = o["out"] or settings.data_dir / "runs" / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        opted_out = opted_out_users(settings)
+        data = tuple(o["data"]) or (() if o["from_archive"] else ("chitchat",))
+        if o["from_archive"]:
+            data = (str(export_archive(settings, out, opted_out)), *data)
         opts = RunOptions(
-            data=tuple(o["data"]) or ("chitchat",),
+            data=data,
             include_bot=o["include_bot"],
-            opted_out=tuple(opted_out_users(settings)),
+            opted_out=tuple(opted_out),
             val_fraction=o["val_fraction"],
             preset=preset,
             tokenizer=o["tokenizer"],
