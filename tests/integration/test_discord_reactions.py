@@ -77,9 +77,12 @@ async def test_thumbs_on_a_reply_are_feedback_and_taking_them_off_withdraws_it(
     async with running_adapter(settings, redis):
         asked = await fake.say(world.alice, world.general, "rate me", mention_bot=True)
         in_dm = await fake.dm(world.bob, "and me")
+        slash = await fake.slash(world.carol, world.general, "chat", message="and /chat")
         reply, dm_reply = await reply_to(fake, asked), await reply_to(fake, in_dm)
+        await fake.wait_for(lambda: any(m.text == "echo: and /chat" for m in fake.followups(slash)))
+    [slash_reply] = fake.followups(slash)
     # (stopped once both replies finished; the new client has none of these messages cached)
-    alice, bob = world.alice, world.bob
+    alice, bob, carol = world.alice, world.bob, world.carol
     async with running_adapter(settings, redis):
         # Not feedback: another bot's and the bot's own 👍, a 👍 on a message that is not a
         # reply of the bot, another emoji.
@@ -92,17 +95,19 @@ async def test_thumbs_on_a_reply_are_feedback_and_taking_them_off_withdraws_it(
         await fake.unreact(alice, reply, "👎🏽")  # +1: her 👍 is still there
         await fake.unreact(other_bot, reply, "👍")  # never counted: nothing to withdraw
         await fake.unreact(alice, reply, "👍")  # 0: none left
+        await fake.react(carol, slash_reply, "👎")  # on a /chat answer: -1
         await fake.react(bob, dm_reply, "👍", burst=True)  # a super reaction in a DM: +1
-        feedback = await trainer_messages(redis, 5)
+        feedback = await trainer_messages(redis, 6)
     assert fake.withheld == []  # the adapter asked for both reaction intents
     served = {d.request.text: d.request.id for d in echo_engine.served}
-    rid, dm_rid = served["rate me"], served["and me"]
+    rid, dm_rid, slash_rid = served["rate me"], served["and me"], served["and /chat"]
     assert all(isinstance(f, Feedback) for f in feedback)
     assert [(f.request_id, f.value, f.platform, f.user) for f in feedback] == [  # type: ignore[union-attr]
         (rid, 1, "discord", str(alice.id)),
         (rid, -1, "discord", str(alice.id)),
         (rid, 1, "discord", str(alice.id)),
         (rid, 0, "discord", str(alice.id)),
+        (slash_rid, -1, "discord", str(carol.id)),
         (dm_rid, 1, "discord", str(bob.id)),
     ]
 
