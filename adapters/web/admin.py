@@ -29,7 +29,7 @@ from aiohttp import web
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
-from adapters.web.chat import STATIC_DIR, ApiError, api_errors, decode_json, read_body
+from adapters.web.http import STATIC_DIR, ApiError, api_errors, decode_json, read_body
 from bot import keys, wire
 from bot.commands import RetrainCallback, RollbackCallback
 from bot.engines import Heartbeat, read_heartbeats

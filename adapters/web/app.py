@@ -27,9 +27,10 @@ from aiohttp.typedefs import Handler, Middleware
 from adapters.metrics import AdapterMetrics, adapter_metrics
 from adapters.replies import Replies
 from adapters.web.admin import AdminRoutes
-from adapters.web.chat import MAX_BODY_BYTES, ApiError, ChatRoutes, error_response
+from adapters.web.chat import ChatRoutes
 from adapters.web.clients import CLIENTS, ClientAddresses, rate_limit_middleware
 from adapters.web.consent import ConsentRoutes
+from adapters.web.http import MAX_BODY_BYTES, ApiError, error_response
 from adapters.web.openai_api import OpenAIRoutes
 from adapters.web.ops import OpsRoutes
 from bot import systemd

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from adapters.web.chat import error_response
+from adapters.web.http import error_response
 from bot.errors import ConfigError, QueueError
 from bot.ratelimit import RateLimiter
 

@@ -16,13 +16,8 @@ import msgspec
 from aiohttp import web
 
 from adapters.replies import new_request_id
-from adapters.web.chat import (
-    ApiError,
-    ConversationId,
-    conversation_key,
-    decode_json,
-    read_body,
-)
+from adapters.web.chat import ConversationId, conversation_key
+from adapters.web.http import ApiError, decode_json, read_body
 from bot.commands import Caller, Commands
 from bot.errors import ParleyError
 

@@ -10,8 +10,10 @@ client ever continues from another's state; the engine reuses state only when it
 prefix of the messages sent.
 
 Auth: with ``web.api_keys`` set, every request needs ``Authorization: Bearer <key>``; with none
-set, only loopback clients are served. Every failure answers in OpenAI's error shape with a 4xx
-for bad input (never a 500).
+set, only loopback clients are served. Every failure answers in OpenAI's error shape: bad input
+with a 4xx (never a 500), an engine that is busy or not answering with a 503, a reply the
+engine failed to generate with a 500 (:data:`adapters.web.http.ERROR_STATUS`); one that fails
+mid-stream ends its stream with an error chunk.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from adapters.replies import Replies, closing_iter, new_request_id, now_ms
-from adapters.web.chat import (
+from adapters.web.clients import CLIENTS, ClientAddresses
+from adapters.web.http import (
     ApiError,
     api_errors,
     decode_json,
@@ -39,7 +42,6 @@ from adapters.web.chat import (
     open_sse,
     read_body,
 )
-from adapters.web.clients import CLIENTS, ClientAddresses
 from bot.wire import ChatRequest, Delta, Done, Error, ReplyEvent, Role, Sampling, Turn
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
-from adapters.web.chat import ApiError, decode_json
 from adapters.web.clients import ClientAddresses
+from adapters.web.http import ApiError, decode_json
 from adapters.web.openai_api import (
     Completion,
     CompletionBody,

@@ -9,7 +9,7 @@ from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
 from adapters.web.admin import TokenRates, check_token, engine_summary
-from adapters.web.chat import ApiError
+from adapters.web.http import ApiError
 from adapters.web.ops import readiness
 from bot.engines import Heartbeat
 from bot.registry import ModelVersion

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from adapters.metrics import adapter_metrics
 from adapters.replies import Replies
-from adapters.web.chat import conversation_key, error_response, event_frame, sse
+from adapters.web.chat import conversation_key, event_frame
+from adapters.web.http import error_response, sse
 from bot.errors import QueueError, QueueFull
 from bot.safety import SafetyFilter
 from bot.wire import ChatRequest, Delta, Done, Error, ReplyEvent, Request
