@@ -91,8 +91,11 @@ class Reporter:
         )
 
     def _eta(self, step: int, train_s: float) -> float | None:
+        """Seconds left: the budget's rest, or the steps' at the pace so far if sooner."""
+        if step < 2 or train_s <= 0:
+            return None  # the first step's time includes compiling
         left = [self.spec.budget_s - train_s]
-        if self.spec.max_steps and step:
+        if self.spec.max_steps:
             left.append((self.spec.max_steps - step) * train_s / step)
         return round(max(0.0, min(left)), 1)
 

@@ -293,3 +293,33 @@ async def test_forget_leaves_nothing_of_the_user(
     assert "secret" not in text and "keep this 0" in text and "still here" in text
     with Archive(settings.archive_file) as archive:
         assert archive.count_user("gone") == 0
+
+
+async def test_a_damaged_version_is_refused_and_the_live_one_keeps_serving(
+    redis: aioredis.Redis, redis_settings: RedisSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, redis_settings)
+    async with running(settings, redis, tmp_path, archiving=False) as system:
+        tiny_checkpoint(tmp_path / "second", "gpt", seed=1)
+        damaged = system.registry.add(tmp_path / "second")
+        weights = damaged.path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-16] + bytes(16))  # same size, other bytes
+        tiny_checkpoint(tmp_path / "third", "gpt", seed=2)
+        good = system.registry.add(tmp_path / "third")
+        # A publisher elsewhere announces the damaged copy, then a good version: the engine
+        # takes them in order, so a reply from the good one means the damaged one was seen.
+        await redis.publish(keys.MODELS_CHANNEL, damaged.version)
+        system.registry.set_live(good.version)
+        await system.registry.announce(redis, good.version)
+        served = []
+        for n in range(200):
+            events = await system.chat(f"probe-{n}", "u1", "hello there")
+            final = events[-1]
+            assert isinstance(final, Done)
+            served.append(final.model_version)
+            if final.model_version == good.version:
+                break
+        reply = await system.commands.run("rollback", damaged.version, admin("rb-1"))
+    assert served[-1] == good.version and damaged.version not in served
+    assert "does not match its checksum" in reply
+    assert system.registry.live().version == good.version
