@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import click
 
+from bot import systemd
 from bot.settings import Settings
 
 
@@ -57,11 +60,13 @@ def telegram_command(settings: Settings) -> None:
     async def main() -> None:
         if settings.telegram.metrics_port:
             start_http_server(settings.telegram.metrics_port)
-        redis = await connect(find_redis_url(settings))
-        try:
-            await serve(settings, redis, stop_event_on_signals())
-        finally:
-            await redis.aclose()
+        stop, ready = stop_event_on_signals(), asyncio.Event()
+        async with systemd.supervised(ready, stop, name="telegram adapter"):
+            redis = await connect(find_redis_url(settings))
+            try:
+                await serve(settings, redis, stop, ready=ready)
+            finally:
+                await redis.aclose()
 
     run_async(main())
 
@@ -80,10 +85,12 @@ def discord_command(settings: Settings) -> None:
     async def main() -> None:
         if settings.discord.metrics_port:
             start_http_server(settings.discord.metrics_port)
-        redis = await connect(find_redis_url(settings))
-        try:
-            await serve(settings, redis, stop_event_on_signals())
-        finally:
-            await redis.aclose()
+        stop, ready = stop_event_on_signals(), asyncio.Event()
+        async with systemd.supervised(ready, stop, name="discord adapter"):
+            redis = await connect(find_redis_url(settings))
+            try:
+                await serve(settings, redis, stop, ready=ready)
+            finally:
+                await redis.aclose()
 
     run_async(main())

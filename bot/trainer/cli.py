@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import sys
 import uuid
 
 import click
 
+from bot import systemd
 from bot.settings import Settings
 from bot.trainer.client import TrainerClient, now_ms
 from bot.trainer.progress import describe
@@ -30,11 +32,13 @@ def trainer_command(settings: Settings) -> None:
     from bot.trainer.service import TrainerService
 
     async def main() -> None:
-        redis = await connect(find_redis_url(settings))
-        try:
-            await TrainerService(settings, redis).run(stop_event_on_signals())
-        finally:
-            await redis.aclose()
+        stop, ready = stop_event_on_signals(), asyncio.Event()
+        async with systemd.supervised(ready, stop, name="trainer"):
+            redis = await connect(find_redis_url(settings))
+            try:
+                await TrainerService(settings, redis).run(stop, ready=ready)
+            finally:
+                await redis.aclose()
 
     run_async(main())
 

@@ -306,3 +306,20 @@ async def test_parley_run_without_web_is_ready_pings_and_stops(
     assert starting[-1] == {"READY": "1", "STATUS": "parley run: serving"}
     assert keys_in_order(serving) == ["WATCHDOG"]
     assert keys_in_order(stopping)[-1] == "STOPPING"
+
+
+async def test_trainer_is_ready_pings_and_stops(
+    redis: object, redis_url: str, workdir: Path, processes: list[ParleyProcess]
+) -> None:
+    env = parley_env(workdir, redis_url)
+    trainer = await ParleyProcess(["trainer"], env, workdir).start()
+    processes.append(trainer)
+    starting = await trainer.notified("READY")
+    serving = await trainer.notified("WATCHDOG")
+    trainer.signal(signal.SIGTERM)
+    stopping = await trainer.notified("STOPPING")
+    assert await trainer.wait() == 0, trainer.log()
+    assert starting[0] == {"STATUS": "trainer: starting"}
+    assert keys_in_order(starting)[-1] == "READY"
+    assert keys_in_order(serving) == ["WATCHDOG"]
+    assert keys_in_order(stopping)[-1] == "STOPPING"
