@@ -8,12 +8,12 @@ DiscordChatExporter JSON), so users need not say what they exported with.
 The split is by conversation, never by message or window: turns of one conversation on both
 sides would leak the answers into validation. A conversation's side is a hash of its id (and
 the seed), not a shuffle, so retraining on a grown archive keeps every old conversation on the
-side it was on, and "better than the live model" compares like with like.
+side it was on, and "better than the live model" compares like with like. Training splits
+three ways (train, validation, test: :mod:`engine.quality.splits`, whose hash this uses).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +27,7 @@ from engine.data.conversation import DEFAULT_GAP_S, Conversation
 from engine.data.discord import parse_discord
 from engine.data.jsonl import decode_document, parse_jsonl_line, read_bytes, read_jsonl
 from engine.data.telegram import parse_telegram
+from engine.quality.splits import split_three
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +38,13 @@ SourceKind = Literal["chitchat", "jsonl", "telegram", "discord"]
 def split_conversations(
     conversations: Sequence[Conversation], val_fraction: float = 0.05, seed: int = 0
 ) -> tuple[list[Conversation], list[Conversation]]:
-    """``(train, val)``: each conversation goes wholly to one side, by a hash of its id.
+    """``(train, val)``: each conversation wholly on one side, by a hash of its id.
 
-    Input order is kept within each side. If the hash puts no conversation in validation
-    although ``val_fraction > 0`` and there are at least two, the one with the lowest hash
-    goes there, so a tiny first dataset still has something to evaluate on (as data grows
-    the hash alone decides, and the split is stable under additions from then on).
+    The two-way form of :func:`engine.quality.splits.split_three` (no test side), which
+    training uses with a test side; see there for the hash and the tiny-data rule.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    keys = [_split_key(c.id, seed) for c in conversations]
-    in_val = [key < val_fraction for key in keys]
-    if val_fraction > 0 and not any(in_val) and len({c.id for c in conversations}) >= 2:
-        lowest = min(keys)
-        in_val = [key == lowest for key in keys]
-    train = [c for c, v in zip(conversations, in_val, strict=True) if not v]
-    val = [c for c, v in zip(conversations, in_val, strict=True) if v]
-    return train, val
-
-
-def _split_key(conversation_id: str, seed: int) -> float:
-    """A uniform number in [0, 1) fixed by the id and seed (not Python's salted ``hash``)."""
-    digest = hashlib.blake2b(f"{seed}\x00{conversation_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    sides = split_three(conversations, val_fraction=val_fraction, test_fraction=0.0, seed=seed)
+    return sides.train, sides.validation
 
 
 def load_sources(
