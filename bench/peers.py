@@ -476,8 +476,11 @@ def build_sides(
             TransformersSide(hf_dir, ckpt, served.model.dtype, "cuda"),
             CTranslate2Side(ct2_dir, ckpt, "bfloat16", "cuda", threads),
         ]
+    # What `engine.dtype = "auto"` serves in (it times a decode step in each dtype); a quick
+    # run skips the timing and serves the weights' float32.
     engine = EngineSettings(max_batch=MAX_BATCH)
-    parley = ParleySide(ckpt, choose_decode_dtype(engine, ckpt.model, torch.device("cpu")))
+    decode = None if quick else choose_decode_dtype(engine, ckpt.model, torch.device("cpu"))
+    parley = ParleySide(ckpt, decode)
     peers: list[StaticBatcher] = [
         TransformersSide(hf_dir, ckpt, torch.float32, "cpu"),
         CTranslate2Side(ct2_dir, ckpt, "float32", "cpu", threads),
