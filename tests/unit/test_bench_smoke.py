@@ -41,6 +41,7 @@ def test_gpu_bench_runs_its_code_on_the_cpu(capsys: pytest.CaptureFixture[str]) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # loads the chitchat corpus, converts for CTranslate2
 def test_peers_bench_quick_writes_its_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
