@@ -147,6 +147,14 @@ def telegram_refused(bot_id: int, chat_id: int) -> str:
     return f"{PREFIX}:tg:{bot_id}:refused:{chat_id}"
 
 
+def telegram_pending(bot_id: int) -> str:
+    """Hash with TTL: request id -> JSON :class:`adapters.telegram.pending.PendingReply`, one
+    per request of bot ``bot_id`` whose reply is not delivered yet (written after its submit,
+    removed after its delivery; the hash's TTL is the reply streams'). An adapter that
+    becomes the poller delivers the replies a process that died left here."""
+    return f"{PREFIX}:tg:{bot_id}:pending"
+
+
 # --- Discord adapter (adapters/discord) ------------------------------------------------------
 
 

@@ -12,6 +12,15 @@ A redelivered update carries the same ids, hence the same request id; the first 
 reply is sent only if its claim (:func:`bot.keys.telegram_replied`) is new, and an update
 whose claim exists is not sent to the engine again. The messages of a reply are remembered
 (:func:`bot.keys.telegram_reply_message`) so a 👍/👎 on them becomes feedback on it.
+
+A chat request's reply is recorded as owed (:mod:`adapters.telegram.pending`) from its submit
+until it is delivered. :meth:`TelegramAdapter.adopt` (when this process becomes the poller, or
+starts serving the webhook) delivers the replies that other processes left owed: it reads each
+one's events from the reply stream they were written to, from before their first, and sends
+the reply like any other, under the same claim, so a reply already sent is not sent again.
+The claim is taken just before the first message is sent; a process that dies between the
+two leaves a reply that nobody sends (the send may or may not have reached Telegram), and one
+that dies while a reply streams leaves it as far as it got.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from telegram.error import TelegramError
 from adapters.pump import StreamedReply, keep_typing, pump
 from adapters.replies import UNAVAILABLE_MESSAGE, Replies, closing_iter
 from adapters.telegram.metrics import TelegramMetrics
+from adapters.telegram.pending import PendingReplies, PendingReply, stream_id
 from adapters.telegram.queue import TrackedClient
 from adapters.telegram.sender import Sender, TelegramSink
 from adapters.telegram.updates import (
@@ -44,7 +54,8 @@ from adapters.telegram.updates import (
 from adapters.text import utf16_length
 from bot import keys
 from bot.commands import Caller, Commands
-from bot.errors import ParleyError
+from bot.errors import ParleyError, QueueError
+from bot.queue import ParleyClient
 from bot.ratelimit import RateLimiter
 from bot.redis import Redis
 from bot.settings import TelegramSettings
@@ -93,6 +104,7 @@ class TelegramAdapter:
         replies: Replies,
         commands: Commands,
         metrics: TelegramMetrics,
+        pending: PendingReplies,
         limiter: RateLimiter | None = None,
     ) -> None:
         self.bot = bot
@@ -104,6 +116,7 @@ class TelegramAdapter:
         self.commands = commands
         self.metrics = metrics
         self.limiter = limiter
+        self.pending = pending
         self.adapter_id = client.adapter_id
         self.sender = Sender(bot, metrics, self.adapter_id)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,10 +143,81 @@ class TelegramAdapter:
 
     def _start(self, update: Update) -> asyncio.Future[None]:
         taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._handle(update, taken), name=f"tg-{update.update_id}")
+        self._spawn(self._handle(update, taken), f"tg-{update.update_id}")
+        return taken
+
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return taken
+
+    # -- replies owed by processes that are gone -------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Start delivering every reply still owed that is not being answered here.
+
+        Returns once they are all marked as being answered (a redelivered update of one is
+        then not sent to the engine again); their replies stream on in the background.
+        """
+        try:
+            owed = [r for r in await self.pending.load() if r.request_id not in self._in_flight]
+        except (RedisError, OSError) as e:
+            log.warning("telegram: could not read the replies still owed: %s", e)
+            return
+        by_stream: dict[str, list[PendingReply]] = {}
+        for record in owed:
+            by_stream.setdefault(record.reply_to, []).append(record)
+        for reply_to, records in by_stream.items():
+            await self._adopt_from(reply_to, records)
+
+    async def _adopt_from(self, reply_to: str, records: list[PendingReply]) -> None:
+        """Read ``reply_to``'s reply stream for ``records`` and deliver their replies."""
+        source = ParleyClient(self.redis, self.client.settings, reply_to)
+        for record in records:
+            events = source.adopt(record.request_id, timeout_s=self.settings.reply_timeout_s)
+            self.client.adopted(record.request_id, events)
+            self._in_flight.add(record.request_id)
+        try:
+            await source.start(from_id=min((r.after for r in records), key=stream_id))
+        except QueueError as e:
+            log.warning("telegram: could not read %s for the replies owed: %s", reply_to, e)
+            for record in records:
+                self._in_flight.discard(record.request_id)
+            await source.close()
+            return
+        log.info("telegram: delivering %d repl(ies) owed by %s", len(records), reply_to)
+        self._spawn(self._deliver_owed(source, records), f"tg-owed-{reply_to}")
+
+    async def _deliver_owed(self, source: ParleyClient, records: list[PendingReply]) -> None:
+        try:
+            await asyncio.gather(*(self._deliver_one_owed(r) for r in records))
+        finally:
+            await source.close()
+
+    async def _deliver_one_owed(self, record: PendingReply) -> None:
+        request = ChatRequest(
+            id=record.request_id,
+            conversation=record.conversation,
+            reply_to=record.reply_to,
+            text="",  # not kept: the reply only needs where it goes
+            user=record.user,
+            platform="telegram",
+            created_ms=record.created_ms,
+        )
+        s = self.settings
+        where = _Where(
+            chat_id=record.chat_id,
+            thread_id=record.thread_id,
+            quote=record.quote,
+            interval_s=s.group_interval_s if record.group else s.private_interval_s,
+        )
+        try:
+            await self._reply(request, where)
+        except (ParleyError, RedisError, OSError) as e:
+            log.warning("telegram: the reply owed to %s failed: %s", record.request_id, e)
+        except Exception:
+            log.exception("telegram: the reply owed to %s failed", record.request_id)
 
     async def _handle(self, update: Update, taken: asyncio.Future[None]) -> None:
         """Handle one update; whatever fails is logged here and never stops the others."""
@@ -192,13 +276,29 @@ class TelegramAdapter:
             created_ms=int(time.time() * 1000),
         )
         where = self._where(message)
+        owed = PendingReply(
+            request_id=rid,
+            reply_to=self.adapter_id,
+            conversation=request.conversation,
+            user=request.user,
+            chat_id=where.chat_id,
+            thread_id=where.thread_id,
+            quote=where.quote,
+            group=message.group,
+            created_ms=request.created_ms,
+        )
+        self.client.watch(rid, taken, owed)
+        await self._reply(request, where)
+
+    async def _reply(self, request: ChatRequest, where: _Where) -> None:
+        """Stream the reply to ``request`` into its chat; then it is no longer owed."""
+        rid = request.id
         reply = StreamedReply(
             self._sink(where, rid),
             limit=MAX_TEXT_UTF16,
             interval_s=where.interval_s,
             measure=utf16_length,
         )
-        self.client.watch(rid, taken)
 
         async def typing() -> None:
             await self.sender.typing(where.chat_id, where.thread_id)
@@ -212,8 +312,15 @@ class TelegramAdapter:
             await self._finish(reply, final, where)
             if isinstance(final, Done):
                 await self._remember(reply, where.chat_id, rid)
+            await self._delivered(rid)
         finally:
             self._in_flight.discard(rid)
+
+    async def _delivered(self, rid: str) -> None:
+        try:
+            await self.pending.remove(rid)
+        except (RedisError, OSError) as e:  # adopted later, the claim keeps it from a resend
+            log.warning("telegram: could not mark the reply to %s delivered: %s", rid, e)
 
     async def _finish(
         self, reply: StreamedReply[int], final: Done | Error | None, where: _Where

@@ -7,9 +7,11 @@ offset is written to Redis (:func:`bot.keys.telegram_offset`) → only then the 
 anywhere before the offset is written makes Telegram deliver the batch again; the adapter
 recognises what it already answered.
 
-Only the holder of the poller lease (:mod:`adapters.telegram.lease`) polls. A 409 Conflict
-that still happens (another program polls this token, or a webhook is set) is explained in
-one log line per episode, and polling retries with a growing pause.
+Only the holder of the poller lease (:mod:`adapters.telegram.lease`) polls; each time it gets
+the lease, it awaits ``on_lead`` (the adapter takes over the replies owed by processes gone
+before it) before its first ``getUpdates``. A 409 Conflict that still happens (another
+program polls this token, or a webhook is set) is explained in one log line per episode,
+and polling retries with a growing pause.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ BATCH_LIMIT = 100
 PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 Accept = Callable[[Sequence[Update]], Awaitable[None]]
+OnLead = Callable[[], Awaitable[None]]
 
 
 class Poller:
@@ -55,6 +58,7 @@ class Poller:
         *,
         bot_id: int,
         timeout_s: int,
+        on_lead: OnLead | None = None,
     ) -> None:
         self.bot = bot
         self.redis = redis
@@ -62,6 +66,7 @@ class Poller:
         self.accept = accept
         self.offset_key = keys.telegram_offset(bot_id)
         self.timeout_s = timeout_s
+        self.on_lead = on_lead
         self._trouble = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -73,6 +78,8 @@ class Poller:
                     await self.bot.delete_webhook(drop_pending_updates=False)
                 except TelegramError as e:
                     log.warning("telegram: deleteWebhook failed (%s); polling anyway", e)
+                if self.on_lead is not None:
+                    await self.on_lead()
                 await self._poll(stop, lost)
 
     async def _poll(self, stop: asyncio.Event, lost: asyncio.Event) -> None:

@@ -4,7 +4,9 @@
 here, no ``run_polling``), the queue client, the command layer and the adapter; registers the
 bot's commands (``setMyCommands``: everyone's, and the admins' in their private chats); then
 polls (one poller per token, the others standing by) or serves the webhook until ``stop`` is
-set; then stops taking updates, lets the replies in flight finish, and closes.
+set; then stops taking updates, lets the replies in flight finish, and closes. Each time it
+becomes the poller (in webhook mode: before it serves), it first takes over the replies that
+processes gone before it still owe (:meth:`TelegramAdapter.adopt`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from adapters.replies import Replies
 from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.lease import PollerLease
 from adapters.telegram.metrics import telegram_metrics
+from adapters.telegram.pending import PendingReplies
 from adapters.telegram.poller import Poller
 from adapters.telegram.queue import TrackedClient
 from adapters.telegram.updates import BotIdentity
@@ -103,7 +106,8 @@ async def _serve(
     me = BotIdentity(bot.id, bot.username)
     registry = ModelRegistry(settings.models_dir)
     on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
-    client = TrackedClient(redis, settings.redis, adapter_id)
+    pending = PendingReplies(redis, me.id, settings.redis.reply_stream_ttl_s)
+    client = TrackedClient(redis, settings.redis, adapter_id, pending)
     async with client:
         adapter = TelegramAdapter(
             bot=bot,
@@ -127,12 +131,14 @@ async def _serve(
                 bot_name=bot.first_name,
             ),
             metrics=telegram_metrics(),
+            pending=pending,
             limiter=RateLimiter(redis, tg.rate_limit) if tg.rate_limit else None,
         )
         await register_commands(bot, tg.admin_ids)
         log.info("telegram adapter %s started as @%s (%s mode)", adapter_id, me.username, tg.mode)
         try:
             if tg.mode == "webhook":
+                await adapter.adopt()
                 async with serving_webhook(bot, tg, adapter.accept):
                     if ready is not None:
                         ready.set()
@@ -142,7 +148,13 @@ async def _serve(
                     ready.set()
                 lease = PollerLease(redis, me.id, adapter_id, tg.poller_lease_s)
                 poller = Poller(
-                    bot, redis, lease, adapter.accept, bot_id=me.id, timeout_s=tg.poll_timeout_s
+                    bot,
+                    redis,
+                    lease,
+                    adapter.accept,
+                    bot_id=me.id,
+                    timeout_s=tg.poll_timeout_s,
+                    on_lead=adapter.adopt,
                 )
                 await poller.run(stop)
         finally:

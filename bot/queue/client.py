@@ -14,6 +14,12 @@ many requests in flight cost two coroutines, not two per request:
   deltas were passed on, a later attempt's deltas are not (they would continue one text
   with another); its final event, which carries the whole text, is.
 
+A restarted adapter can take over requests that an earlier process submitted and did not see
+answered: a client with that process's adapter id adopts them (:meth:`ParleyClient.adopt`,
+before :meth:`ParleyClient.start`) and reads the reply stream from where their events can
+begin (``start(from_id=...)``, a :attr:`ParleyClient.position` taken before their submit)
+instead of from its end.
+
 A request stream is bounded by ``max_stream_len``: the check and the append happen in one
 Lua script, so a full stream refuses the request at once (:class:`QueueFull`) instead of
 trimming an older one away.
@@ -129,14 +135,19 @@ class ParleyClient:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, from_id: str | bytes | None = None) -> None:
         """Find where the reply stream ends and start the submitter and the reader.
 
-        Raises :class:`QueueError` when Redis cannot be reached.
+        With ``from_id`` (a reply-stream entry id, such as an earlier :attr:`position`) the
+        reader starts after that entry instead, so the events of adopted requests written
+        since then are read too. Raises :class:`QueueError` when Redis cannot be reached.
         """
         if self._tasks:
             return
-        self._last_id = await self._stream_end()
+        if from_id is None:
+            self._last_id = await self._stream_end()
+        else:
+            self._last_id = from_id.encode() if isinstance(from_id, str) else from_id
         try:
             await _BOUNDED_XADD.load(self.redis)
         except (RedisError, OSError) as e:
@@ -184,8 +195,15 @@ class ParleyClient:
 
     @property
     def in_flight(self) -> int:
-        """Requests submitted through :meth:`stream` still waiting for their final event."""
+        """Requests (streamed or adopted) still waiting for their final event."""
         return len(self._mailboxes)
+
+    @property
+    def position(self) -> str:
+        """The id of the last reply-stream entry the reader has passed (before it reads one,
+        where it started). Every event of a request submitted after this was read comes
+        after it, so ``start(from_id=position)`` of a later client sees them all."""
+        return self._last_id.decode()
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -262,24 +280,54 @@ class ParleyClient:
             except QueueFull:
                 yield Error(request_id=request.id, seq=0, code="busy", message=BUSY_MESSAGE)
                 return
-            while True:
-                try:
-                    event = await box.get(timeout_s)
-                except TimeoutError:
-                    log.warning("request %s: no reply event for %.1f s", request.id, timeout_s)
-                    yield Error(
-                        request_id=request.id,
-                        seq=box.last_seq + 1,
-                        code="unavailable",
-                        message=UNAVAILABLE_MESSAGE,
-                    )
-                    return
+            async for event in self._receive(request.id, box, timeout_s):
                 yield event
-                if wire.is_final(event):
-                    return
         finally:
             if self._mailboxes.get(request.id) is box:
                 del self._mailboxes[request.id]
+
+    def adopt(
+        self, request_id: str, *, timeout_s: float | None = None
+    ) -> AsyncIterator[ReplyEvent]:
+        """The reply events of ``request_id``, submitted earlier by a process with this
+        adapter id, as :meth:`stream` yields them, without submitting it again.
+
+        Its mailbox opens now: adopt before :meth:`start` (with a ``from_id`` at or before
+        where its events begin) so that no event read at the start is dropped, and iterate
+        the result to its end (or close the client). Raises :class:`QueueError` if
+        ``request_id`` is already in flight here.
+        """
+        box = self._open_mailbox(request_id)
+
+        async def events() -> AsyncIterator[ReplyEvent]:
+            try:
+                async for event in self._receive(request_id, box, timeout_s):
+                    yield event
+            finally:
+                if self._mailboxes.get(request_id) is box:
+                    del self._mailboxes[request_id]
+
+        return events()
+
+    async def _receive(
+        self, request_id: str, box: _Mailbox, timeout_s: float | None
+    ) -> AsyncIterator[ReplyEvent]:
+        """``box``'s events up to the final one; ``unavailable`` after ``timeout_s`` of none."""
+        while True:
+            try:
+                event = await box.get(timeout_s)
+            except TimeoutError:
+                log.warning("request %s: no reply event for %.1f s", request_id, timeout_s)
+                yield Error(
+                    request_id=request_id,
+                    seq=box.last_seq + 1,
+                    code="unavailable",
+                    message=UNAVAILABLE_MESSAGE,
+                )
+                return
+            yield event
+            if wire.is_final(event):
+                return
 
     async def reply(
         self, request: ChatRequest | ControlRequest, *, timeout_s: float | None = None
