@@ -7,6 +7,7 @@ A queue entry that is not a valid message of a known type and supported version 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal, TypeVar
 
@@ -262,8 +263,31 @@ _exchange_decoder = msgspec.msgpack.Decoder(Exchange)
 
 
 def encode(message: _Message) -> bytes:
-    """Encode any wire message to bytes."""
-    return _encoder.encode(message)
+    """Encode any wire message to bytes.
+
+    Text that UTF-8 cannot carry — a lone surrogate, which a JSON ``\\ud800`` escape from a
+    platform or a client can smuggle into a Python string — travels with U+FFFD in its place,
+    so such a message is still answered instead of failing to encode.
+    """
+    try:
+        return _encoder.encode(message)
+    except UnicodeEncodeError:
+        cleaned = _without_surrogates(msgspec.to_builtins(message))
+        return _encoder.encode(msgspec.convert(cleaned, type(message)))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A surrogate code point in a Python string is always a lone one (pairs are one code point)."""
+
+
+def _without_surrogates(value: object) -> object:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_surrogates(v) for v in value]
+    return value
 
 
 def encode_events(events: Sequence[ReplyEvent]) -> bytes:
