@@ -264,6 +264,10 @@ class LearningSettings(_Section):
     corpora: list[str] = ["chitchat"]
     """Data a retrain adds to the archive (``--data`` specs: ``chitchat`` or files), so
     the model keeps what it knew."""
+    archive_share: float = Field(0.5, ge=0.0, lt=1.0)
+    """Least share of a retrain's training text that comes from the archive: a small archive
+    beside large corpora is repeated (at most 20 times) until it makes this share, so the
+    community is not drowned out. 0: the sources as they are."""
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
     """Share of conversations held out (by a hash of their id: a fixed split)."""
     min_improvement: float = Field(0.0, ge=0.0, lt=1.0)

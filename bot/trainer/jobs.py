@@ -145,8 +145,7 @@ class RetrainJobs:
                 exclude_users=opted_out,
             )
         )
-        data = ((str(export_path),) if stats.conversations else ()) + tuple(learning.corpora)
-        if not data:
+        if not stats.conversations and not learning.corpora:
             raise ParleyError("the archive holds no conversations and no corpora are set")
         live = await asyncio.to_thread(self.registry.live)
         if live is not None:
@@ -154,7 +153,9 @@ class RetrainJobs:
         spec = RetrainSpec(
             job_id=request.id,
             run_dir=str(run_dir),
-            data=data,
+            archive=str(export_path) if stats.conversations else None,
+            corpora=tuple(learning.corpora),
+            archive_share=learning.archive_share,
             opted_out=tuple(opted_out),
             live_model=str(live.path) if live else None,
             live_version=live.version if live else "",

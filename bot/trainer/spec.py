@@ -22,8 +22,11 @@ MODEL_DIR = "model"
 class RetrainSpec(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     run_dir: str
-    data: tuple[str, ...]
-    """``--data`` specs: the archive export first, then the configured corpora."""
+    archive: str | None
+    """The archive's export (Parley JSONL), ``None`` when the archive is empty."""
+    corpora: tuple[str, ...] = ()
+    """``--data`` specs trained on beside the archive."""
+    archive_share: float = 0.5
     opted_out: tuple[str, ...] = ()
     live_model: str | None = None
     """The checkpoint serving now: warm start and the gate's baseline (``None``: none)."""

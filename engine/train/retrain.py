@@ -35,6 +35,7 @@ from engine.train import ddp
 from engine.train.data import (
     TextSplits,
     TrainData,
+    count_chars,
     encode_split,
     fit_tokenizer,
     load_texts,
@@ -47,6 +48,8 @@ from engine.train.schedule import recipe_for
 
 log = logging.getLogger(__name__)
 
+MAX_REPEATS = 20
+"""Most copies of the archive in one retrain's training text (more would be memorising)."""
 WARM_LR_FACTOR = 1 / 3
 """A warm start continues a trained model: a lower rate keeps more of what it knew."""
 
@@ -101,19 +104,51 @@ class Reporter:
 
 
 def load_data(spec: RetrainSpec) -> TextSplits:
-    texts = load_texts(
-        spec.data,
-        include_bot=False,
-        opted_out=spec.opted_out,
-        val_fraction=spec.val_fraction,
-        split_seed=SPLIT_SEED,
-    )
-    if not texts.train or not texts.val:
-        raise ModelError(
-            f"not enough conversations to train on ({len(texts.train)} train, "
-            f"{len(texts.val)} held out)"
+    """The archive's and the corpora's conversations, each split by the fixed hash; the
+    archive's training side repeated up to ``spec.archive_share`` (:func:`mix`)."""
+    parts = {
+        name: load_texts(
+            specs,
+            include_bot=False,
+            opted_out=spec.opted_out,
+            val_fraction=spec.val_fraction,
+            split_seed=SPLIT_SEED,
         )
+        for name, specs in (
+            ("archive", (spec.archive,) if spec.archive else ()),
+            ("corpora", spec.corpora),
+        )
+        if specs
+    }
+    archive, corpora = parts.get("archive"), parts.get("corpora")
+    if archive is not None and corpora is not None:
+        train, repeats = mix(archive.train, corpora.train, spec.archive_share)
+        provenance = {
+            "data": [spec.archive, *spec.corpora],
+            "include_bot": False,
+            "val_fraction": spec.val_fraction,
+            "split_seed": SPLIT_SEED,
+            "archive": archive.provenance,
+            "corpora": corpora.provenance,
+            "archive_repeats": repeats,
+        }
+        texts = TextSplits(train, archive.val + corpora.val, provenance)
+    else:
+        texts = archive or corpora  # type: ignore[assignment]
+    if texts is None or not texts.train or not texts.val:
+        raise ModelError("not enough conversations to train on and to hold out")
     return texts
+
+
+def mix(archive: list[str], corpora: list[str], share: float) -> tuple[list[str], int]:
+    """``archive`` repeated until it is at least ``share`` of the characters (at most
+    :data:`MAX_REPEATS` times), then ``corpora``; and how many times it went in."""
+    have, other = count_chars(archive), count_chars(corpora)
+    repeats = 1
+    if share > 0 and have and other:
+        repeats = math.ceil(share * other / ((1.0 - share) * have))
+        repeats = max(1, min(MAX_REPEATS, repeats))
+    return archive * repeats + corpora, repeats
 
 
 def starting_point(
