@@ -24,7 +24,8 @@ class TelegramMetrics:
     """``parley_telegram_retry_after_total{adapter}``: 429 answers honoured."""
     errors: Counter
     """``parley_telegram_api_errors_total{adapter, error}``: failed Bot API calls by kind
-    (``network``, ``too_long``, ``gone``, ``forbidden``, ``bad_request``, ``other``)."""
+    (``network``, ``uncertain``: a send that may have been done and is not repeated,
+    ``too_long``, ``gone``, ``forbidden``, ``bad_request``, ``other``)."""
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> TelegramMetrics:

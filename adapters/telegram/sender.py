@@ -7,6 +7,14 @@ says (counted), and after a 5xx or a network failure with a short backoff. "Mess
 modified" is success; a message or chat that is gone, a bot that was blocked, or a call that
 keeps failing becomes :class:`~adapters.pump.ReplyGone`, which ends that reply quietly.
 
+The Bot API has no idempotency key, so a ``sendMessage`` is repeated only after a failure
+that proves it was not done: no connection could be made (or none taken from the pool), or
+Telegram answered with an error. A call that failed after its request may have reached
+Telegram (a read timeout, a dropped connection) is not repeated, since the message may well
+be in the chat already: that reply ends there (counted as ``uncertain``), and if the message
+did not arrive the user sees none of the reply, or only the part sent before. An edit is
+repeated after any failure (editing to the same text again is harmless).
+
 :class:`TelegramSink` is the pump's :class:`~adapters.pump.MessageSink` for one reply: its
 first message quotes the user's in groups, goes to the user's forum topic, and is sent only
 if the reply's claim in Redis is new (a redelivered update sends nothing twice).
@@ -23,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import httpx
 from telegram import Bot, LinkPreviewOptions, Message, ReplyParameters
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
@@ -81,6 +90,19 @@ def retry_after_s(error: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, dtm.timedelta) else float(value)
 
 
+def maybe_done(error: NetworkError) -> bool:
+    """Whether the call that failed with ``error`` may still have taken effect at Telegram.
+
+    python-telegram-bot raises a network failure from the httpx exception behind it: only a
+    failure to connect (or to get a pooled connection) shows the request was never sent. A
+    :class:`NetworkError` without one is Telegram's own error answer (a 5xx): not done.
+    """
+    cause = error.__cause__
+    if cause is None or isinstance(cause, TelegramError):
+        return False
+    return not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
 def _gone(error: TelegramError) -> bool:
     """Whether ``error`` means the message or chat can no longer be written to."""
     text = str(error).lower()
@@ -120,7 +142,7 @@ class Sender:
                 link_preview_options=NO_PREVIEW,
             )
 
-        message = await self._call("sendMessage", chat_id, interval_s, call)
+        message = await self._call("sendMessage", chat_id, interval_s, call, repeatable=False)
         self._metrics.sent.labels(self._adapter_id).inc()
         return message.message_id
 
@@ -143,8 +165,16 @@ class Sender:
         await self.bot.send_chat_action(chat_id, ChatAction.TYPING, message_thread_id=thread_id)
 
     async def _call(
-        self, method: str, chat_id: int, interval_s: float, call: Callable[[], Awaitable[T]]
+        self,
+        method: str,
+        chat_id: int,
+        interval_s: float,
+        call: Callable[[], Awaitable[T]],
+        *,
+        repeatable: bool = True,
     ) -> T:
+        """``call`` through 429s and failures; one that is not ``repeatable`` is tried again
+        only after a failure that shows it was not done (:func:`maybe_done`)."""
         for attempt in range(MAX_ATTEMPTS):
             await self.pacer.wait(chat_id, interval_s)
             try:
@@ -167,6 +197,16 @@ class Sender:
                 log.info("%s to chat %s forbidden: %s", method, chat_id, e)
                 raise ReplyGone(str(e)) from e
             except NetworkError as e:  # 5xx, timeouts, connection failures
+                if not repeatable and maybe_done(e):
+                    self._count("uncertain")
+                    log.warning(
+                        "%s to chat %s failed after it may have reached Telegram (%s); not "
+                        "repeating it, which could show it twice; ending this reply",
+                        method,
+                        chat_id,
+                        e,
+                    )
+                    raise ReplyGone(f"{method} may have been done: {e}") from e
                 self._count("network")
                 pause_s = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
                 log.warning(

@@ -19,8 +19,10 @@ Behaviour kept from the real server, because the adapter must cope with it:
   request to that chat before the wait is over gets 429 again and is recorded in
   :attr:`violations`, as is any ``parse_mode`` (the adapter sends plain text).
 
-Tests inject updates (:meth:`send_text` and friends, :meth:`add_update`) and errors
-(:meth:`fail_next`), then wait on what the bot did with :meth:`wait_for` (an event, no sleeps).
+Tests inject updates (:meth:`send_text` and friends, :meth:`add_update`), errors
+(:meth:`fail_next`) and answers lost on the way back (:meth:`hold_answer`: the call is carried
+out, its answer held until the test releases it, so the client times out), then wait on what
+the bot did with :meth:`wait_for` (an event, no sleeps).
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ class FakeBotAPI:
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
         self._failures: list[tuple[str, int | None, ApiError]] = []
+        self._holds: list[tuple[str, asyncio.Event]] = []
+        self.held = 0
+        """Calls whose answer :meth:`hold_answer` held back (counted when they arrived)."""
         self._flood: dict[int, tuple[float, int]] = {}
         self._flood_until: dict[int, float] = {}
         self._changed = asyncio.Condition()
@@ -246,6 +251,13 @@ class FakeBotAPI:
         """Answer the next ``times`` calls of ``method`` (to ``chat_id``, if given) with it."""
         self._failures.extend([(method, chat_id, error)] * times)
 
+    def hold_answer(self, method: str) -> asyncio.Event:
+        """Carry out the next ``method`` call but answer it only once the returned event is
+        set: to a client with a shorter read timeout, a call that failed yet took effect."""
+        release = asyncio.Event()
+        self._holds.append((method, release))
+        return release
+
     def flood(self, chat_id: int, *, retry_after: int = 1, times: int = 1) -> None:
         """The chat's next ``times`` send/edit calls get 429 with ``retry_after``; a call to
         it before that wait is over gets 429 again and is a violation."""
@@ -289,11 +301,22 @@ class FakeBotAPI:
                 return _answer_error(failure)
             if method == "getUpdates":
                 return _answer(await self._get_updates(params, request.transport))
-            return _answer(await handler(params))
+            answer = _answer(await handler(params))
+            await self._held_back(method)
+            return answer
         except _Fail as e:
             return _answer_error(e.error)
         finally:
             self._notify()
+
+    async def _held_back(self, method: str) -> None:
+        for i, (name, release) in enumerate(self._holds):
+            if name == method:
+                del self._holds[i]
+                self.held += 1
+                self._notify()
+                await release.wait()
+                return
 
     def _take_failure(self, method: str, params: dict[str, Any]) -> ApiError | None:
         chat = params.get("chat_id")
