@@ -105,7 +105,8 @@ class RetrainJobs:
             return
         if not await self.redis.set(keys.TRAIN_LOCK, request.id, nx=True, ex=LOCK_TTL_S):
             holder = await self.redis.get(keys.TRAIN_LOCK)
-            await self._refuse(request, f"another trainer service is running job {holder!r}")
+            name = holder.decode(errors="replace") if isinstance(holder, bytes) else holder
+            await self._refuse(request, f"another trainer service is running job {name}")
             return
         try:
             job = await self._prepare(request)
