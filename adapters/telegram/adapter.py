@@ -174,18 +174,17 @@ class TelegramAdapter:
     async def _adopt_from(self, reply_to: str, records: list[PendingReply]) -> None:
         """Read ``reply_to``'s reply stream for ``records`` and deliver their replies."""
         source = ParleyClient(self.redis, self.client.settings, reply_to)
-        for record in records:
-            events = source.adopt(record.request_id, timeout_s=self.settings.reply_timeout_s)
-            self.client.adopted(record.request_id, events)
-            self._in_flight.add(record.request_id)
-        try:
+        timeout_s = self.settings.reply_timeout_s
+        adopted = {r.request_id: source.adopt(r.request_id, timeout_s=timeout_s) for r in records}
+        try:  # from before the first event of any of them
             await source.start(from_id=min((r.after for r in records), key=stream_id))
         except QueueError as e:
             log.warning("telegram: could not read %s for the replies owed: %s", reply_to, e)
-            for record in records:
-                self._in_flight.discard(record.request_id)
             await source.close()
             return
+        for rid, events in adopted.items():
+            self.client.adopted(rid, events)
+            self._in_flight.add(rid)
         log.info("telegram: delivering %d repl(ies) owed by %s", len(records), reply_to)
         self._spawn(self._deliver_owed(source, records), f"tg-owed-{reply_to}")
 

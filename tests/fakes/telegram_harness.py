@@ -82,12 +82,21 @@ class FreezableProxy:
 
     While frozen, what clients send is held back (never forwarded, dropped at close), and
     :attr:`held_marker` is set once the held bytes contain one of ``markers``: the process on
-    the other side is then stuck at a command that names it.
+    the other side is then stuck at a command that names it. With ``freeze_on``, the proxy
+    freezes by itself at the first bytes that contain one of those (they are held too).
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int, markers: tuple[bytes, ...]) -> None:
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        markers: tuple[bytes, ...],
+        *,
+        freeze_on: tuple[bytes, ...] = (),
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.markers = markers
+        self.freeze_on = freeze_on
         self.frozen = False
         self.held_marker = asyncio.Event()
         self.port = 0
@@ -112,6 +121,8 @@ class FreezableProxy:
 
         async def client_to_server() -> None:
             while data := await reader.read(65536):
+                if any(marker in data for marker in self.freeze_on):
+                    self.frozen = True
                 if self.frozen:
                     held.extend(data)
                     if any(marker in held for marker in self.markers):

@@ -13,6 +13,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,6 +25,7 @@ from tests.fakes.telegram_api import FakeBotAPI
 from tests.fakes.telegram_harness import (
     ALICE,
     GROUP,
+    FreezableProxy,
     handled,
     private,
     running_adapter,
@@ -159,3 +161,70 @@ async def test_a_reply_sent_already_is_not_sent_again(
     # The adapter drained before the block ended: the owed reply was settled, not resent.
     assert [s.text for s in fake.messages_in(ALICE.id)] == ["echo: only once", "echo: next"]
     assert await pending.load() == []
+
+
+async def test_a_webhook_adapter_delivers_the_replies_owed_when_it_starts(
+    fake, redis, redis_url, redis_settings, tmp_path, echo_engine_cls
+) -> None:
+    def send() -> int:
+        return fake.send_text(private(ALICE), ALICE, "switching to a webhook")
+
+    await killed_after_the_offset(fake, redis_url, redis_settings, tmp_path, send)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    settings = telegram_settings(
+        fake,
+        redis_settings,
+        tmp_path,
+        mode="webhook",
+        webhook_url="https://bot.example.org/telegram",
+        webhook_secret="secret",
+        webhook_port=port,
+    )
+    async with echo_engine_cls(redis, redis_settings), running_adapter(settings, redis):
+        await fake.wait_for(lambda: len(fake.messages_in(ALICE.id)) == 1)
+    assert [s.text for s in fake.messages_in(ALICE.id)] == ["echo: switching to a webhook"]
+    assert await PendingReplies(redis, BOT_ID, TTL_S).load() == []
+
+
+async def test_killed_before_the_offset_is_stored_the_redelivery_is_not_sent_again(
+    fake, redis, redis_url, redis_settings, tmp_path, echo_engine_cls
+) -> None:
+    # The request and its record are in Redis; the process dies as it stores the offset, so
+    # Telegram delivers the update again to the next one, which is answering it already.
+    offset_key = keys.telegram_offset(BOT_ID).encode()
+    storing_the_offset = b"SET\r\n$%d\r\n%s" % (len(offset_key), offset_key)
+    url = urlsplit(redis_url)
+    proxy = FreezableProxy(
+        url.hostname or "127.0.0.1",
+        url.port or 6379,
+        (storing_the_offset,),
+        freeze_on=(storing_the_offset,),
+    )
+    await proxy.start()
+    proxied = f"redis://127.0.0.1:{proxy.port}{url.path}"
+    proc = await adapter_process(fake, proxied, redis_settings, tmp_path)
+    try:
+        await fake.wait_for(lambda: bool(fake.calls_of("getUpdates")), timeout_s=60)
+        uid = fake.send_text(private(ALICE), ALICE, "kept, not confirmed")
+        async with asyncio.timeout(20):
+            await proxy.held_marker.wait()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        await proxy.close()
+    assert await redis.get(keys.telegram_offset(BOT_ID)) is None
+    [owed] = await PendingReplies(redis, BOT_ID, TTL_S).load()
+
+    settings = telegram_settings(fake, redis_settings, tmp_path)
+    async with (
+        echo_engine_cls(redis, redis_settings) as engine,
+        running_adapter(settings, redis),
+    ):
+        await handled(fake, uid)
+        await fake.wait_for(lambda: len(fake.messages_in(ALICE.id)) == 1)
+    assert [s.text for s in fake.messages_in(ALICE.id)] == ["echo: kept, not confirmed"]
+    assert fake.delivered.count(uid) == 2  # delivered again, and recognised
+    assert [d.request.id for d in engine.served] == [owed.request_id]  # not submitted twice
+    assert await PendingReplies(redis, BOT_ID, TTL_S).load() == []
