@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from telegram import Bot, Update
 from telegram.error import TelegramError
 
-from adapters.pump import StreamedReply, keep_typing, pump
+from adapters.pump import ReplyGone, StreamedReply, keep_typing, pump
 from adapters.replies import UNAVAILABLE_MESSAGE, Replies, closing_iter
 from adapters.telegram.metrics import TelegramMetrics
 from adapters.telegram.pending import PendingReplies, PendingReply, stream_id
@@ -329,9 +329,15 @@ class TelegramAdapter:
         if reply.gone:
             return
         if isinstance(final, Error) and reply.started:
-            await self.sender.send(
-                where.chat_id, final.message, interval_s=where.interval_s, thread_id=where.thread_id
-            )
+            try:
+                await self.sender.send(
+                    where.chat_id,
+                    final.message,
+                    interval_s=where.interval_s,
+                    thread_id=where.thread_id,
+                )
+            except ReplyGone as e:  # the chat is gone, or the send's outcome is unknown
+                log.info("telegram: the error note after a partial reply was not sent: %s", e)
         elif isinstance(final, Error):
             await reply.render(final.message)
         elif not reply.started:
