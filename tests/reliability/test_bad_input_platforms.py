@@ -1,8 +1,9 @@
-"""Bad input on Discord and Telegram: every nasty message (:mod:`tests.reliability.nasty`)
-reaches the real adapter through the real client library (discord.py against the local
-Discord, python-telegram-bot against the fake Bot API) and gets an answer — the reply, or a
-short note saying why not (too long) — or is ignored by rule (no text); the adapter keeps
-answering afterwards. The engine is the echo stand-in: this is about the platforms' side."""
+"""Bad input on Discord and Telegram: every nasty message (:mod:`tests.reliability.nasty`, and
+text made by hypothesis) reaches the real adapter through the real client library (discord.py
+against the local Discord, python-telegram-bot against the fake Bot API) and gets an answer
+— the reply, or a short note saying why not (too long) — or is ignored by rule (no text); the
+adapter keeps answering afterwards. The engine is the echo stand-in: this is about the
+platforms' side."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from tests.fakes.discord import FakeDiscord
 from tests.fakes.telegram_api import FakeBotAPI
 from tests.fakes.telegram_harness import ALICE, handled, private
 from tests.integration.conftest import EchoEngine
-from tests.reliability.nasty import NASTY
+from tests.reliability.nasty import NASTY, any_text, draw
+
+MESSAGES = {**NASTY, **{f"hypothesis-{i}": t for i, t in enumerate(draw(any_text(200), 15))}}
+"""The corpus and hypothesis-made text (surrogates and control characters included)."""
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,7 +36,7 @@ async def test_discord_answers_every_nasty_message(
         )
         async with discord_harness.running_adapter(settings, redis):
             unanswered = []
-            for name, text in NASTY.items():
+            for name, text in MESSAGES.items():
                 if not text.strip():
                     continue  # Discord does not send a message without text
                 asked = await discord.dm(world.alice, text)
@@ -52,7 +56,7 @@ async def test_telegram_answers_every_nasty_message(
         settings = telegram_harness.telegram_settings(telegram, redis_settings, tmp_path)
         async with telegram_harness.running_adapter(settings, redis):
             unanswered = []
-            for name, text in NASTY.items():
+            for name, text in MESSAGES.items():
                 before = len(telegram.messages_in(ALICE.id))
                 update = telegram.send_text(private(ALICE), ALICE, text)
                 await handled(telegram, update)
