@@ -6,12 +6,13 @@ adapter process that submitted it. Should that process die before it has sent th
 request's :class:`PendingReply` (written right after the submit, before the offset) tells a
 later process where the reply goes (chat, topic, the message to quote) and where its events
 are (the reply stream of ``reply_to``, after entry ``after``). It is removed once the reply has
-been delivered; an adapter that becomes the poller adopts the records left
-(:meth:`adapters.telegram.adapter.TelegramAdapter.adopt`).
+been delivered; an adapter that becomes the poller (or starts serving the webhook) adopts the
+records left (:meth:`adapters.telegram.adapter.TelegramAdapter.adopt`).
 
 The records of one bot are the fields of one hash (:func:`bot.keys.telegram_pending`), each a
-versioned JSON struct. A record past its ``expires_ms`` (the reply stream's TTL: its events
-would be gone) is dropped when the records are loaded; the hash itself expires with it.
+versioned JSON struct. A record older than ``ttl_s`` (the service passes
+``redis.reply_stream_ttl_s``, the life of an idle reply stream) is dropped when the records
+are loaded; the hash itself expires ``ttl_s`` after the last record was added.
 """
 
 from __future__ import annotations
