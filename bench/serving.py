@@ -72,7 +72,7 @@ from bench import queue as queue_bench
 from bot.queue import Delivery, RequestConsumer
 from bot.redis import connect
 from bot.registry import ModelRegistry
-from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings
+from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings, WebSettings
 from bot.wire import ChatRequest, Sampling, Turn
 from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.hardware import cpu_has_native_bf16
@@ -431,6 +431,8 @@ def e2e_settings(url: str, data_dir: Path, new_tokens: int) -> Settings:
         redis=RedisSettings(url=url, shards=4, max_stream_len=100_000),
         engine=EngineSettings(max_batch=64, read_block_ms=5),
         sampling=SamplingSettings(max_new_tokens=new_tokens),
+        # The load generator is one client: per-client limits would measure the limiter.
+        web=WebSettings(rate_limit=None, global_rate_limit=None),
     )
 
 
