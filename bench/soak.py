@@ -3,20 +3,24 @@
 Starts a ``redis-server`` of its own (no persistence), one ``parley engine`` process serving a
 tiny seeded GRU (untrained, so every reply runs to ``max_new_tokens``) and one
 ``parley adapter web`` process, then lets ``--users`` simulated users chat for
-``--duration`` seconds: half through the OpenAI-compatible API with the official
-``openai`` client (streaming, each user its own ``user`` field), half through the chat page's
-``/api/chat`` (Server-Sent Events, each user its own conversation). Each user sends a message,
-reads the whole reply, pauses briefly and sends the next.
+``--duration`` seconds, a quarter on each surface: the OpenAI-compatible API with the official
+``openai`` client (streaming, each user its own ``user`` field), the chat page's ``/api/chat``
+(Server-Sent Events, each user its own conversation), and Discord and Telegram: the local
+protocol fakes with the real ``parley adapter discord`` and ``parley adapter telegram``
+processes (:mod:`bench.soak_platforms`; ``--no-platforms``: the web half only). Each user sends
+a message, reads the whole reply (on Discord and Telegram: waits for the bot's reply message),
+pauses briefly and sends the next.
 
 Every request is counted by what its user saw — exactly one final reply (``done``), a "busy"
 answer (HTTP 429/503 or a ``busy`` error: backpressure), more than one final reply
 (``duplicated``), or anything else: no final reply, a timeout, an internal error (``lost``) —
-and checked against the engine's conversation log: each conversation must have exactly as
-many logged exchanges as its user saw replies (more is a duplicate, fewer a loss).
+and checked against the engine's conversation log: each user must have exactly as many logged
+exchanges as replies they saw (more is a duplicate, fewer a loss).
 
 Prints one JSON object: ``users``, ``requests``, ``lost``, ``duplicated``, ``p50_ms``,
-``p99_ms`` (request to final reply, answered requests), ``busy_replies``, ``peak_rss_mb``
-(engine + adapter, summed, sampled), ``peak_redis_mb`` (``used_memory``, sampled), and
+``p99_ms`` (request to final reply on the web, to the first reply message on Discord and
+Telegram; answered requests), ``busy_replies``, ``peak_rss_mb`` (the engine and adapter
+processes, summed, sampled), ``peak_redis_mb`` (``used_memory``, sampled), and
 ``throughput_per_s``; then the same users for a third of the time past capacity (tight
 engine and stream limits, ``past_capacity``: the same keys; ``--no-overload`` skips it);
 writes it with the commit, machine and date to
@@ -24,7 +28,8 @@ writes it with the commit, machine and date to
 machine's CPUs with the system it measures; ``load_average_at_start`` says how busy the
 machine already was.
 
-Usage: ``python bench/soak.py [--quick] [--users N] [--duration S] [--out DIR]``.
+Usage: ``python bench/soak.py [--quick] [--users N] [--duration S] [--out DIR]
+[--no-platforms] [--no-overload]``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ import aiohttp
 import redis
 import torch
 
+from bench.soak_platforms import Platforms
 from bot import keys, wire
 from engine.checkpoint import save_checkpoint
 from engine.models import build_model
@@ -95,7 +101,7 @@ class Tally:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
-    replies: Counter[str] = field(default_factory=Counter)  # conversation key -> replies seen
+    replies: Counter[tuple[str, str]] = field(default_factory=Counter)  # (platform, user) -> seen
 
     @property
     def requests(self) -> int:
@@ -246,7 +252,7 @@ async def page_user(http: aiohttp.ClientSession, web_url: str, n: int, tally: Ta
                 finals += 1
                 if event == "error":
                     errors.append(json.loads(line[6:]).get("code"))
-    record(tally, f"web:{conversation}:{conversation}", finals, errors, start)
+    record(tally, ("web", conversation), finals, errors, start)
 
 
 async def api_user(client: Any, n: int, tally: Tally) -> None:
@@ -272,33 +278,62 @@ async def api_user(client: Any, n: int, tally: Tally) -> None:
     except openai.APIError as e:  # an error event inside the stream
         errors.append("busy" if "busy" in str(e) else "error")
         finals += 1
-    record(tally, f"api:{user}", finals, errors, start)
+    record(tally, ("api", api_user_key(user)), finals, errors, start)
 
 
-def record(tally: Tally, conversation: str, finals: int, errors: list[Any], start: float) -> None:
+def record(
+    tally: Tally, who: tuple[str, str], finals: int, errors: list[Any], start: float
+) -> None:
     if finals > 1:
         tally.outcomes["duplicated"] += 1
     elif finals == 1 and not errors:
         tally.outcomes["done"] += 1
         tally.latencies_ms.append((time.perf_counter() - start) * 1000)
-        tally.replies[conversation] += 1
+        tally.replies[who] += 1
     elif errors and errors[0] == "busy":
         tally.outcomes["busy"] += 1
     else:
         tally.outcomes["lost"] += 1
 
 
+async def platform_user(platforms: Platforms, n: int, tally: Tally, discord: bool) -> None:
+    """One request of a Discord or Telegram user (through the fake and the adapter process)."""
+    text = random.choice(MESSAGES)
+    ask = platforms.ask_discord if discord else platforms.ask_telegram
+    outcome, took_s, who = await ask(n, text)
+    tally.outcomes[outcome] += 1
+    if outcome == "done":
+        tally.latencies_ms.append(took_s * 1000)
+        tally.replies[who] += 1
+
+
+def role(n: int, platforms: bool) -> str:
+    """Users take turns: the API and the page, and Discord and Telegram when they run."""
+    roles = ["page", "api", "discord", "telegram"] if platforms else ["page", "api"]
+    return roles[n % len(roles)]
+
+
 async def user_loop(
-    n: int, web_url: str, until_s: float, tally: Tally, http: aiohttp.ClientSession, api: Any
+    n: int,
+    web_url: str,
+    until_s: float,
+    tally: Tally,
+    http: aiohttp.ClientSession,
+    api: Any,
+    platforms: Platforms | None,
 ) -> None:
     rng = random.Random(n)
     await asyncio.sleep(rng.uniform(0, 1.0))  # users arrive over a second, not in lockstep
+    kind = role(n, platforms is not None)
     while time.monotonic() < until_s:
         try:
-            if n % 2:
+            if kind == "api":
                 await api_user(api, n, tally)
-            else:
+            elif kind == "page":
                 await page_user(http, web_url, n, tally)
+            else:
+                assert platforms is not None
+                await platform_user(platforms, n, tally, discord=kind == "discord")
         except (aiohttp.ClientError, TimeoutError, OSError):
             tally.outcomes["lost"] += 1
         await asyncio.sleep(rng.uniform(0.2, 1.0))
@@ -330,21 +365,31 @@ async def sample_peaks(pids: list[int], redis_url: str, peaks: dict[str, float])
 # --- the run ----------------------------------------------------------------------------------
 
 
-def logged_exchanges(redis_url: str) -> Counter[str]:
+def logged_exchanges(redis_url: str) -> Counter[tuple[str, str]]:
+    """Logged exchanges per (platform, user)."""
     client = redis.Redis.from_url(redis_url)
-    found: Counter[str] = Counter()
+    found: Counter[tuple[str, str]] = Counter()
     for _id, fields in client.xrange(keys.LOG_STREAM):
-        found[wire.decode_exchange(fields[keys.FIELD.encode()]).conversation] += 1
+        exchange = wire.decode_exchange(fields[keys.FIELD.encode()])
+        found[(exchange.platform, exchange.user)] += 1
     return found
 
 
-def api_conversation(user: str) -> str:
+def api_user_key(user: str) -> str:
+    """The ``user`` the API gives the engine for this ``user`` field under our key."""
     from adapters.web.openai_api import key_scope
 
     return f"api:{key_scope(API_KEY)}:{user}"
 
 
-async def drive(users: int, duration_s: float, web_url: str, redis_url: str, pids: list[int]):  # type: ignore[no-untyped-def]
+async def drive(  # type: ignore[no-untyped-def]
+    users: int,
+    duration_s: float,
+    web_url: str,
+    redis_url: str,
+    pids: list[int],
+    platforms: Platforms | None,
+):
     import httpx
     import openai
 
@@ -367,7 +412,7 @@ async def drive(users: int, duration_s: float, web_url: str, redis_url: str, pid
         started = time.monotonic()
         until_s = started + duration_s
         await asyncio.gather(
-            *(user_loop(n, web_url, until_s, tally, http, api) for n in range(users))
+            *(user_loop(n, web_url, until_s, tally, http, api, platforms) for n in range(users))
         )
         elapsed_s = time.monotonic() - started
     sampler.cancel()
@@ -380,11 +425,7 @@ def check_log(tally: Tally, redis_url: str) -> tuple[int, int]:
     """(lost, duplicated) by the engine's log: conversations whose logged exchanges differ
     from the replies their user saw."""
     logged = logged_exchanges(redis_url)
-    seen: Counter[str] = Counter()
-    for conversation, replies in tally.replies.items():
-        if conversation.startswith("api:"):
-            conversation = api_conversation(conversation.removeprefix("api:"))
-        seen[conversation] += replies
+    seen = tally.replies
     lost = sum(max(0, seen[c] - logged[c]) for c in seen)
     duplicated = sum(max(0, logged[c] - seen[c]) for c in logged)
     return lost, duplicated
@@ -398,14 +439,44 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def soak(users: int, duration_s: float, limits: Limits = Limits()) -> dict[str, Any]:
-    """Run one soak and return its figures."""
+async def run_users(
+    work: Path,
+    users: int,
+    duration_s: float,
+    limits: Limits,
+    urls: tuple[str, str],
+    pids: list[int],
+    platforms: bool,
+) -> tuple[Tally, dict[str, float], float, int]:
+    """The users' run, with the platform fakes and adapters when ``platforms``; returns the
+    tally, peaks, elapsed seconds and platform replies seen twice."""
+    redis_url, web_url = urls
+    await wait_ready(web_url)
+    if not platforms:
+        tally, peaks, elapsed_s = await drive(users, duration_s, web_url, redis_url, pids, None)
+        return tally, peaks, elapsed_s, 0
+
+    def env(name: str, settings: dict[str, str]) -> dict[str, str]:
+        common = {"redis__shards": "4", "redis__max_stream_len": str(limits.max_stream_len)}
+        return parley_env(work / name, redis_url, {**common, "log_level": "WARNING", **settings})
+
+    counts = Counter(role(n, True) for n in range(users))
+    async with Platforms(work, env, counts["discord"] or 1, counts["telegram"] or 1) as fakes:
+        tally, peaks, elapsed_s = await drive(
+            users, duration_s, web_url, redis_url, [*pids, *fakes.pids], fakes
+        )
+        return tally, peaks, elapsed_s, fakes.duplicated()
+
+
+def soak(
+    users: int, duration_s: float, limits: Limits = Limits(), *, platforms: bool = False
+) -> dict[str, Any]:
+    """Run one soak and return its figures (``platforms``: Discord and Telegram users too)."""
     with tempfile.TemporaryDirectory(prefix="parley-soak-") as tmp:
         work = Path(tmp)
         with system(work, limits) as (redis_url, web_url, pids):
-            asyncio.run(wait_ready(web_url))
-            tally, peaks, elapsed_s = asyncio.run(
-                drive(users, duration_s, web_url, redis_url, pids)
+            tally, peaks, elapsed_s, platform_duplicated = asyncio.run(
+                run_users(work, users, duration_s, limits, (redis_url, web_url), pids, platforms)
             )
             log_lost, log_duplicated = check_log(tally, redis_url)
     return {
@@ -414,7 +485,7 @@ def soak(users: int, duration_s: float, limits: Limits = Limits()) -> dict[str, 
         "requests": tally.requests,
         "answered": tally.outcomes["done"],
         "lost": tally.outcomes["lost"] + log_lost,
-        "duplicated": tally.outcomes["duplicated"] + log_duplicated,
+        "duplicated": tally.outcomes["duplicated"] + log_duplicated + platform_duplicated,
         "busy_replies": tally.outcomes["busy"],
         "throughput_per_s": round(tally.outcomes["done"] / max(elapsed_s, 1e-9), 1),
         "p50_ms": round(percentile(tally.latencies_ms, 50), 1),
@@ -422,6 +493,7 @@ def soak(users: int, duration_s: float, limits: Limits = Limits()) -> dict[str, 
         "peak_rss_mb": round(peaks["rss"], 1),
         "peak_redis_mb": round(peaks["redis"], 2),
         "limits": limits.__dict__,
+        "surfaces": ["api", "page", *(["discord", "telegram"] if platforms else [])],
     }
 
 
@@ -434,12 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-overload", action="store_true", help="skip the run past capacity (tight limits)"
     )
+    parser.add_argument(
+        "--no-platforms", action="store_true", help="web users only (no Discord or Telegram)"
+    )
     args = parser.parse_args(argv)
     users, duration_s = (10, 5.0) if args.quick else (args.users, args.duration)
     load_at_start = os.getloadavg()[0]
-    figures = soak(users, duration_s)
+    platforms = not args.no_platforms
+    figures = soak(users, duration_s, platforms=platforms)
     if not args.no_overload:
-        figures["past_capacity"] = soak(users, duration_s / 3, PAST_CAPACITY)
+        figures["past_capacity"] = soak(users, duration_s / 3, PAST_CAPACITY, platforms=platforms)
     figures["quick"] = args.quick
     figures["load_average_at_start"] = round(load_at_start, 2)
     figures["note"] = (
