@@ -188,7 +188,8 @@ class Archive:
                     counts.append(self._db.execute(sql, args).rowcount)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             raise ArchiveError(f"cannot write the archive {self.path}: {e}") from e

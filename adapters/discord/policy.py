@@ -82,8 +82,10 @@ def strip_mention(text: str, bot_id: int) -> str:
 
 
 def neutralise(text: str) -> str:
-    """``text`` with ``@everyone`` and ``@here`` broken so they can never ping."""
-    return _MASS_MENTION.sub("@" + ZERO_WIDTH_SPACE + r"\1", text)
+    """``text`` with ``@everyone`` and ``@here`` broken so they can never ping, and masked
+    links (``[text](url)``) broken so a model cannot dress a link up as other words."""
+    text = _MASS_MENTION.sub("@" + ZERO_WIDTH_SPACE + r"\1", text)
+    return text.replace("](", "]" + ZERO_WIDTH_SPACE + "(")
 
 
 def context_key(

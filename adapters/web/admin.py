@@ -59,6 +59,12 @@ def check_token(request: web.Request, token: SecretStr | None) -> None:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = token.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        log.warning(
+            "refused admin request %s %s from %s: wrong or missing admin token",
+            request.method,
+            request.path,
+            request.remote,
+        )
         raise ApiError(401, "Wrong or missing admin token.", code="invalid_admin_token")
 
 

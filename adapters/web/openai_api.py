@@ -46,6 +46,10 @@ from bot.wire import ChatRequest, Delta, Done, Error, ReplyEvent, Role, Sampling
 
 log = logging.getLogger(__name__)
 
+REPLACED_MESSAGE = (
+    "The reply changed after streaming began and cannot be corrected in this stream; "
+    "ask again, or ask without streaming."
+)
 MODEL_ALIAS = "parley"
 """Always a valid model name: whatever version is live."""
 MAX_STOP = 4
@@ -355,8 +359,18 @@ class OpenAIRoutes:
                     sent += event.text
                     await response.write(completion.chunk({"content": event.text}))
                 event = await anext(events)
-            if isinstance(event, Done):
-                rest = unsent(event.text, sent)
+            if isinstance(event, Done) and not event.text.startswith(sent):
+                # The final text is not what was streamed (a reclaimed request's second
+                # attempt, or the safety filter replacing the reply): a stream cannot take
+                # text back, so it ends with an error rather than with a wrong answer.
+                log.warning(
+                    "api completion %s: the final text disagrees with the streamed one",
+                    completion.id,
+                )
+                error = error_body(502, REPLACED_MESSAGE, code="reply_replaced")
+                await response.write(Completion.data(error))
+            elif isinstance(event, Done):
+                rest = event.text[len(sent) :]
                 if rest:
                     await response.write(completion.chunk({"content": rest}))
                 await response.write(completion.chunk({}, finish_reason(event)))
@@ -377,11 +391,3 @@ async def last_event(first: ReplyEvent, events: AsyncIterator[ReplyEvent]) -> Do
     while isinstance(event, Delta):
         event = await anext(events)
     return event
-
-
-def unsent(final: str, sent: str) -> str:
-    """What of the final text the deltas did not carry (all of it if they disagree)."""
-    if final.startswith(sent):
-        return final[len(sent) :]
-    log.warning("deltas (%d chars) are not a prefix of the final text", len(sent))
-    return ""

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from conftest_web import StreamingEngine, engine, make_settings, serve
 
-from bot.settings import RedisSettings
+from bot.settings import RedisSettings, SafetySettings
 
 API_KEY = "sk-test-clients"
 __all__ = ["engine"]  # the fixture, imported for pytest
@@ -88,3 +88,33 @@ async def test_chat_requests_are_rate_limited_per_client_with_retry_after(
                     await response.read()
             assert statuses == [200, 200, 429]
     assert len(engine.chats()) == 5  # refused requests never reached the engine
+
+
+async def test_a_streamed_reply_the_safety_filter_replaces_ends_in_an_error(
+    tmp_path: Path,
+    redis: aioredis.Redis,
+    redis_settings: RedisSettings,
+    engine: StreamingEngine,
+) -> None:
+    settings = make_settings(tmp_path, redis_settings).model_copy(
+        update={"safety": SafetySettings(blocklist=["said"], action="replace")}
+    )
+    engine.delay_s = 0.0
+    async with serve(settings, redis) as url, client_for(url) as client:
+        stream = await client.chat.completions.create(
+            model="parley", messages=[{"role": "user", "content": "hello there"}], stream=True
+        )
+        contents = []
+        with pytest.raises(openai.APIError) as caught:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    contents.append(chunk.choices[0].delta.content)
+    # The blocked word was never streamed, and the stream did not end as if it were whole.
+    assert "said" not in "".join(contents)
+    assert "changed after streaming began" in caught.value.message
+    # Not streamed, the same reply is simply the replacement.
+    async with serve(settings, redis) as url, client_for(url) as client:
+        completion = await client.chat.completions.create(
+            model="parley", messages=[{"role": "user", "content": "hello there"}]
+        )
+    assert completion.choices[0].message.content == SafetySettings().replacement

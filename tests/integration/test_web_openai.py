@@ -212,7 +212,7 @@ async def test_non_loopback_clients_need_a_key(
     with_key = make_settings(tmp_path, redis_settings, api_keys=[API_KEY])
     async with serve(with_key, redis, host=address) as url:
         async with client_for(url, api_key=API_KEY) as client:
-            assert [m.id for m in (await client.models.list()).data] == ["parley"]
+            assert "parley" in [m.id for m in (await client.models.list()).data]
         async with client_for(url, api_key="nope") as client:
             with pytest.raises(openai.AuthenticationError):
                 await client.models.list()

@@ -107,7 +107,6 @@ async def test_the_web_admin_api_refuses_without_the_token(
     assert await redis.exists(keys.TRAINER_REQUESTS) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the web admin API does not log refused attempts yet")
 async def test_the_web_admin_api_logs_a_refused_attempt(
     redis: aioredis.Redis,
     redis_settings: RedisSettings,
@@ -167,7 +166,6 @@ async def test_what_the_model_says_never_pings_or_renders_as_markup(
     assert page_type == "text/event-stream" and json.dumps(HOSTILE)[1:-1] in page
 
 
-@pytest.mark.xfail(strict=True, reason="Discord renders [text](url) from a bot as a masked link")
 async def test_a_masked_link_from_the_model_is_not_rendered_on_discord(
     redis: aioredis.Redis, redis_settings: RedisSettings, tmp_path: Path
 ) -> None:

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bot.archive import Archive, ArchivedMessage
 
 CHILD = r"""
@@ -79,11 +77,6 @@ def test_a_full_disk_fails_writes_cleanly_and_keeps_the_archive(tmp_path: Path) 
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Archive._write's ROLLBACK after SQLite already rolled back replaces the real error "
-    "with 'cannot rollback - no transaction is active' (bot/archive.py)",
-)
 def test_a_full_disk_is_named_in_the_error(tmp_path: Path) -> None:
     path = tmp_path / "archive.sqlite3"
     Archive(path).close()

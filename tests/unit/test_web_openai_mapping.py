@@ -26,7 +26,6 @@ from adapters.web.openai_api import (
     authenticate,
     key_scope,
     to_chat_request,
-    unsent,
 )
 from bot.wire import Done
 
@@ -210,9 +209,3 @@ def test_chunks_are_sse_data_lines() -> None:
         completion.usage_chunk(Done(request_id="r", seq=0, text="", prompt_tokens=1))[6:]
     )
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 1
-
-
-def test_unsent_is_what_deltas_did_not_carry() -> None:
-    assert unsent("hello world", "hello") == " world"
-    assert unsent("hello", "hello") == ""
-    assert unsent("other", "hello") == ""
