@@ -271,8 +271,12 @@ class LearningSettings(_Section):
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
     """Share of conversations held out (by a hash of their id: a fixed split)."""
     min_improvement: float = Field(0.0, ge=0.0, lt=1.0)
-    """A retrained model is published only if its held-out bits/char are below the live
-    model's by more than this fraction (0: any improvement)."""
+    """A retrained model is published only if its bits/char on the archive's held-out
+    conversations (the corpora's, when the archive is empty) are below the live model's by
+    more than this fraction (0: any improvement) ..."""
+    max_corpora_rise: float = Field(0.05, ge=0.0, lt=1.0)
+    """... and its bits/char on the corpora's held-out conversations are above the live
+    model's by at most this fraction (what it may forget while learning the community)."""
     warm_start: bool = True
     """Retrain from the live model's weights (its tokenizer kept); off: from scratch."""
     budget_s: float = Field(600.0, gt=0)

@@ -167,6 +167,7 @@ class RetrainJobs:
             seed=self.settings.train.seed,
             val_fraction=learning.val_fraction,
             min_improvement=learning.min_improvement,
+            max_corpora_rise=learning.max_corpora_rise,
             cache_dir=str(self.settings.data_dir / "cache"),
             report_every_s=min(2.0, learning.progress_interval_s),
         )

@@ -38,6 +38,7 @@ class RetrainSpec(msgspec.Struct, frozen=True, kw_only=True):
     seed: int = 1337
     val_fraction: float = 0.05
     min_improvement: float = 0.0
+    max_corpora_rise: float = 0.05
     cache_dir: str | None = None
     report_every_s: float = 2.0
     """Least time between two progress lines the child prints."""

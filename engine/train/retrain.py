@@ -3,7 +3,8 @@
 The chain::
 
     spec -> texts (archive export + corpora, one fixed split) -> live model (warm start) or a
-    fresh one -> Trainer.run() -> both models scored on the same held-out texts -> verdict
+    fresh one -> Trainer.run() -> both models scored on the same held-out texts, the
+    archive's and the corpora's apart -> verdict (bot.trainer.gate)
 
 Progress and the verdict go to standard output as :class:`bot.wire.JobUpdate` JSON lines, at
 most one progress line every ``report_every_s``; logs go to standard error. The child decides
@@ -19,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,6 +28,7 @@ import torch
 
 from bot import wire
 from bot.errors import ModelError, ParleyError
+from bot.trainer.gate import Scores, decide
 from bot.trainer.spec import MODEL_DIR, RetrainSpec, read_spec
 from bot.wire import JobStatus, JobUpdate
 from engine.checkpoint import Checkpoint, load_checkpoint
@@ -103,7 +106,16 @@ class Reporter:
         return round(max(0.0, min(left)), 1)
 
 
-def load_data(spec: RetrainSpec) -> TextSplits:
+@dataclass(frozen=True)
+class JobData:
+    texts: TextSplits
+    """What the model trains on, and all held-out texts (its periodic evaluations)."""
+    archive_val: list[str]
+    corpora_val: list[str]
+    """The held-out texts by source, for the gate (:mod:`bot.trainer.gate`)."""
+
+
+def load_data(spec: RetrainSpec) -> JobData:
     """The archive's and the corpora's conversations, each split by the fixed hash; the
     archive's training side repeated up to ``spec.archive_share`` (:func:`mix`)."""
     parts = {
@@ -137,7 +149,11 @@ def load_data(spec: RetrainSpec) -> TextSplits:
         texts = archive or corpora  # type: ignore[assignment]
     if texts is None or not texts.train or not texts.val:
         raise ModelError("not enough conversations to train on and to hold out")
-    return texts
+    return JobData(
+        texts,
+        archive.val if archive is not None else [],
+        corpora.val if corpora is not None else [],
+    )
 
 
 def mix(archive: list[str], corpora: list[str], share: float) -> tuple[list[str], int]:
@@ -185,18 +201,26 @@ def job_config(spec: RetrainSpec, preset: str, arch: str, *, warm: bool) -> Trai
     )
 
 
-def score_bpc(ckpt: Checkpoint, val_texts: list[str], spec: RetrainSpec) -> float:
-    """Bits per character of ``ckpt`` on the held-out texts, through its own tokenizer."""
+def score_bpc(ckpt: Checkpoint, val_texts: list[str], spec: RetrainSpec) -> float | None:
+    """Bits per character of ``ckpt`` on the held-out texts, through its own tokenizer
+    (``None`` with no texts)."""
+    if not val_texts:
+        return None
     cache = Path(spec.cache_dir) if spec.cache_dir else None
     val = encode_split(ckpt.tokenizer, val_texts, cache)
     device = ckpt.model.device
     return evaluate_loss(ckpt.model, val, amp_dtype=autocast_dtype(device, "auto")).bpc
 
 
+def scores(ckpt: Checkpoint, data: JobData, spec: RetrainSpec) -> Scores:
+    return Scores(score_bpc(ckpt, data.archive_val, spec), score_bpc(ckpt, data.corpora_val, spec))
+
+
 def run(spec: RetrainSpec, reporter: Reporter) -> None:
     device = ddp.pick_device("auto")
     reporter.update("running", force=True, message="reading the archive and corpora")
-    texts = load_data(spec)
+    job_data = load_data(spec)
+    texts = job_data.texts
     live = load_checkpoint(Path(spec.live_model), device=device) if spec.live_model else None
     model, tokenizer, preset = starting_point(spec, live, texts, device)
     cache = Path(spec.cache_dir) if spec.cache_dir else None
@@ -225,35 +249,26 @@ def run(spec: RetrainSpec, reporter: Reporter) -> None:
     result = trainer.run()
     reporter.update("running", force=True, message="scoring the new and the live model")
     new = load_checkpoint(result.checkpoint, device=device)
-    new_bpc = score_bpc(new, texts.val, spec)
-    live_bpc = score_bpc(live, texts.val, spec) if live is not None else None
-    better = live_bpc is None or new_bpc < live_bpc * (1.0 - spec.min_improvement)
+    verdict = decide(
+        scores(new, job_data, spec),
+        scores(live, job_data, spec) if live is not None else None,
+        min_improvement=spec.min_improvement,
+        max_corpora_rise=spec.max_corpora_rise,
+        live_name=spec.live_version or "the live model",
+    )
     samples = tuple(
         (str(s["prompt"]), str(s["reply"])) for s in result.metrics.get("samples", [])[:3]
     )
     reporter.update(
-        "published" if better else "kept",
+        "published" if verdict.publish else "kept",
         force=True,
         final=True,
         step=int(result.metrics.get("steps", 0)),
         val_loss=float(result.metrics["val_loss"]),
-        new_bpc=new_bpc,
-        live_bpc=live_bpc,
+        new_bpc=verdict.new_bpc,
+        live_bpc=verdict.live_bpc,
         samples=samples,
-        message=verdict(new_bpc, live_bpc, spec),
-    )
-
-
-def verdict(new_bpc: float, live_bpc: float | None, spec: RetrainSpec) -> str:
-    if live_bpc is None:
-        return f"new model: {new_bpc:.3f} bits/char on the held-out split (no live model)"
-    change = (new_bpc - live_bpc) / live_bpc
-    live = spec.live_version or "the live model"
-    if new_bpc < live_bpc * (1.0 - spec.min_improvement):
-        return f"new model {new_bpc:.3f} bits/char vs {live}'s {live_bpc:.3f} ({change:+.1%})"
-    return (
-        f"new model {new_bpc:.3f} bits/char does not beat {live}'s {live_bpc:.3f} "
-        f"({change:+.1%}, needed below {-spec.min_improvement:+.1%}); {live} stays live"
+        message=verdict.message,
     )
 
 

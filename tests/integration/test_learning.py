@@ -197,7 +197,7 @@ async def test_a_better_model_is_published_and_served_with_no_request_lost(
 
     assert first.startswith("Retrain retrain-1 starting: retraining on ")
     assert any(u.startswith("Retraining") for u in updates)
-    assert updates[-1].startswith("Published: v0002 is live: new model")
+    assert updates[-1].startswith("Published: v0002 is live: on the ")
     assert system.registry.live().version == "v0002"
     provenance = system.registry.get("v0002").provenance
     assert provenance["archive"]["messages"] > 0 and provenance["archive"]["platforms"] == [
@@ -215,7 +215,8 @@ async def test_a_model_that_is_not_better_is_not_published(
     async with running(settings, redis, tmp_path) as system:
         _, updates = await retrain(system, "retrain-1")
         events = await system.chat("after", "u1", "hello there")
-    assert updates[-1].startswith("Not published: new model")
+    assert updates[-1].startswith("Not published: on the ")
+    assert "needed below -99.0%" in updates[-1]
     assert "v0001 stays live" in updates[-1]
     assert system.registry.live().version == "v0001"
     assert [v.version for v in system.registry.published()] == ["v0001"]
