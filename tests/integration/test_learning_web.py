@@ -8,20 +8,22 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from conftest_web import StreamingEngine, engine, make_settings, serve
+from conftest_web import StreamingEngine, engine, make_settings, reply_for, serve
+from test_web_browser import PHONE, TIMEOUT_MS, browser
 
-from bot import keys, wire
+from bot import keys, model_admin, wire
 from bot.queue import cancel_and_wait
 from bot.registry import ModelRegistry
 from bot.settings import RedisSettings, Settings
 from bot.trainer.service import TrainerService
 from bot.wire import Exchange
 
-__all__ = ["engine"]  # the fixture, imported so pytest finds it
+__all__ = ["browser", "engine"]  # the fixtures, imported so pytest finds them
 
 
 @pytest.fixture
@@ -98,3 +100,78 @@ async def test_feedback_and_forget_from_the_web_page(
     )
     assert [c.command for c in engine.controls()] == ["forget"]
     assert await trainer.archive.call(lambda a: a.total()) == 0
+
+
+async def test_the_page_rates_a_reply_and_forgets_its_user(
+    browser: Any,
+    redis: aioredis.Redis,
+    settings: Settings,
+    engine: StreamingEngine,
+    trainer: TrainerService,
+) -> None:
+    async with serve(settings, redis) as url:
+        context = await browser.new_context(viewport=PHONE)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = await context.new_page()
+        await page.goto(url)
+        composer = page.get_by_role("textbox", name="Message")
+        await composer.fill("rate me")
+        await composer.press("Enter")
+        await page.locator('.msg.bot[data-state="done"]').wait_for()
+        assert await page.locator(".msg.bot").text_content() == reply_for("rate me")
+        (chat,) = engine.chats()
+        exchange = Exchange(
+            request_id=chat.id,
+            conversation=chat.conversation,
+            platform="web",
+            user=chat.user,
+            prompt=chat.text,
+            reply=reply_for("rate me"),
+            model_version="starter",
+            created_ms=1,
+        )
+        await redis.xadd(keys.LOG_STREAM, {keys.FIELD: wire.encode(exchange)})
+        while await trainer.archiver.step(block_ms=50):
+            pass
+
+        good = page.get_by_role("button", name="Good reply")
+        await good.click()
+        await page.locator('button[aria-label="Good reply"][aria-pressed="true"]').wait_for()
+        await page.reload()  # the rating is kept with the conversation on the page
+        await page.locator('button[aria-label="Good reply"][aria-pressed="true"]').wait_for()
+
+        await page.get_by_role("button", name="Forget me", exact=False).click()
+        notice = page.locator(".msg.notice")
+        await notice.wait_for()
+        text = await notice.text_content() or ""
+        assert await page.locator(".msg.bot").count() == 0
+        await context.close()
+    assert text.startswith("Done — I deleted your conversation history")
+    assert "from the archive I deleted 1 archived message(s) of yours, 1 of my replies" in text
+    assert await trainer.archive.call(lambda a: a.total()) == 0
+
+
+async def test_the_login_link_opens_the_dashboard_with_the_starter_listed(
+    browser: Any, redis: aioredis.Redis, tmp_path: Path, redis_settings: RedisSettings
+) -> None:
+    settings = make_settings(tmp_path, redis_settings, admin_token="first-run-token")
+    registry = ModelRegistry(settings.models_dir)
+
+    async def rollback(version: str | None) -> str:
+        return await model_admin.rollback(registry, redis, version)
+
+    async with serve(settings, redis, registry=registry, on_rollback=rollback) as url:
+        context = await browser.new_context(viewport=PHONE)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = await context.new_page()
+        await page.goto(f"{url}/admin#token=first-run-token")  # as `parley run` prints it
+        await page.locator("#live", has_text="starter").wait_for()
+        assert "token" not in page.url  # taken out of the address bar
+        versions = await page.locator("#versions").text_content() or ""
+        assert "starter (built-in)" in versions
+        back = page.get_by_role("button", name="Roll back to the previous version")
+        assert await back.is_disabled()  # the starter is the only version
+        assert await back.get_attribute("title") == (
+            "There is no earlier version to roll back to."
+        )
+        await context.close()
