@@ -193,6 +193,11 @@ class RetrainJobs:
             final = await self._run_child(job)
             if final.status == "published":
                 final = await self._publish(job, final)
+            elif final.status == "kept":
+                where = job.run_dir / MODEL_DIR
+                final = msgspec.structs.replace(
+                    final, message=f"{final.message}; the new model and its loss curve: {where}"
+                )
         except asyncio.CancelledError:
             final = self._failed(job, "the trainer service stopped during the job")
             raise
