@@ -19,6 +19,7 @@ opted-out users removed (:func:`engine.data.formatting.format_conversations` dro
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,10 @@ MODES: tuple[Mode, ...] = ("generate", "retrieve", "hybrid")
 SERVED_MODE: Mode = "generate"
 """The mode the engine serves today (the others exist here, for measurement)."""
 
-MAX_QUERY_WORDS = 32
-"""Words of the user's message used as the full-text query (the rest add little)."""
+MAX_QUERY_WORDS = 8
+"""Words of the user's message in the full-text query: its rarest in the index."""
+_TERM = re.compile(r"[^\W_]+")
+"""A query word: a run of letters and digits, as FTS5's default tokenizer splits text."""
 
 
 class ReplyIndex:
@@ -45,7 +48,11 @@ class ReplyIndex:
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         # One connection, used from the thread that built the index (the model thread).
         self._db = sqlite3.connect(":memory:")
-        self._db.execute("CREATE VIRTUAL TABLE pairs USING fts5(turn, reply UNINDEXED)")
+        self._db.execute(
+            "CREATE VIRTUAL TABLE pairs USING fts5("
+            "turn, reply UNINDEXED, tokenize = 'unicode61 remove_diacritics 0')"
+        )
+        self._db.execute("CREATE VIRTUAL TABLE terms USING fts5vocab(pairs, 'row')")
         self._db.executemany("INSERT INTO pairs (turn, reply) VALUES (?, ?)", pairs)
         self.size = int(self._db.execute("SELECT count(*) FROM pairs").fetchone()[0])
 
@@ -60,14 +67,27 @@ class ReplyIndex:
 
     def search(self, message: str, k: int) -> list[str]:
         """Up to ``k`` distinct replies to the turns that best match ``message``."""
-        terms = list(dict.fromkeys(words(message)))[:MAX_QUERY_WORDS]
+        terms = self._rarest(list(dict.fromkeys(_TERM.findall(message.lower()))))
         if not terms or k < 1:
             return []
-        query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        query = " OR ".join(f'"{t}"' for t in terms)  # _TERM allows no quote: words only
         rows = self._db.execute(
             "SELECT reply FROM pairs WHERE pairs MATCH ? ORDER BY rank LIMIT ?", (query, 4 * k)
         )
         return list(dict.fromkeys(r[0] for r in rows))[:k]
+
+    def _rarest(self, terms: list[str]) -> list[str]:
+        """The ``MAX_QUERY_WORDS`` indexed terms of ``terms`` in the fewest turns.
+
+        Words in nearly every turn ("i", "the") barely move BM25's ranking but make the
+        query visit most of the index; the rarest words carry the match.
+        """
+        if not terms:
+            return []
+        marks = ",".join("?" * len(terms))
+        rows = self._db.execute(f"SELECT term, doc FROM terms WHERE term IN ({marks})", terms)
+        found = sorted(rows, key=lambda row: (row[1], row[0]))
+        return [term for term, _ in found[:MAX_QUERY_WORDS]]
 
     def close(self) -> None:
         self._db.close()

@@ -91,3 +91,13 @@ def test_the_best_among_a_subset_and_pmi_needs_the_prior() -> None:
         scored.best("likelihood", among=["not a candidate"])
     with pytest.raises(ValueError):
         scored.best("pmi")
+
+
+def test_retrieval_keeps_accents_and_queries_by_the_rarest_words() -> None:
+    pairs = [("un café, s'il vous plaît", "voilà"), ("un cafe", "no accent here")]
+    pairs += [(f"the the the word{i}", f"reply {i}") for i in range(20)]
+    index = ReplyIndex(pairs)
+    assert index.search("café", 1) == ["voilà"]
+    # Many common words and one rare one: the rare one decides.
+    assert index.search("the the the cafe the", 1) == ["no accent here"]
+    index.close()
