@@ -3,7 +3,6 @@ trainer reads (read back with the trainer's own reader)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
