@@ -171,7 +171,5 @@ async def test_the_login_link_opens_the_dashboard_with_the_starter_listed(
         assert "starter (built-in)" in versions
         back = page.get_by_role("button", name="Roll back to the previous version")
         assert await back.is_disabled()  # the starter is the only version
-        assert await back.get_attribute("title") == (
-            "There is no earlier version to roll back to."
-        )
+        assert await back.get_attribute("title") == ("There is no earlier version to roll back to.")
         await context.close()
