@@ -123,7 +123,14 @@ def render_peers(name: str, r: dict[str, Any]) -> list[str]:
     lines = [
         f"**Peers on the same weights** — `python -m bench.peers` ({describe_run(name, r)}; "
         f"{r['threads']} threads on every side, temperature {r['sampling']['temperature']} "
-        "over the whole vocabulary).",
+        "over the whole vocabulary"
+        + (
+            f"; 1-minute load average {r['load_average']['start'][0]:.1f} at the start, "
+            f"{r['load_average']['end'][0]:.1f} at the end"
+            if "load_average" in r
+            else ""
+        )
+        + ").",
         "",
         f"(a) {r['workload']['a']['sequences']} sequences × {r['workload']['a']['new_tokens']} "
         f"new tokens at once. (b) {wb['conversations']} chitchat-validation conversations, "
