@@ -26,8 +26,10 @@ time so it is rare during decode. Within ``block_size`` tokens, chunked and one-
 give the same logits; past it, results depend on where the window slid.
 
 Serving decodes through :class:`KVSlots` instead of batch states: one cache of
-``max_batch`` rows x ``block_size`` slots allocated up front, which a conversation joins by
-copying its prefix into a free row and leaves by freeing it (O(that row), never O(batch)).
+``max_batch`` rows, which a conversation joins by copying its prefix into a free row and
+leaves by freeing it (O(that row), never O(batch)). On a GPU it holds ``block_size`` slots per
+row from the start (static shapes for CUDA graphs); on a CPU as many as the longest row in use
+needs, rounded up to 64, so a step reads one contiguous block and no unused slots.
 :meth:`GPT.decode_step` runs rows 0..B-1 through the same cached attention as a prefill chunk.
 """
 
@@ -88,10 +90,10 @@ class KVState:
 
 @dataclass
 class KVSlots(Slots):
-    """A KV cache for up to ``max_batch`` rows, sized before use; active rows are 0..n-1."""
+    """A KV cache for up to ``max_batch`` rows; active rows are 0..n-1."""
 
-    k: Tensor  # (n_layer, max_batch, n_head, block_size, head_dim), rotated keys
-    v: Tensor  # (n_layer, max_batch, n_head, block_size, head_dim)
+    k: Tensor  # (n_layer, max_batch, n_head, S, head_dim), rotated keys; S <= block_size
+    v: Tensor  # (n_layer, max_batch, n_head, S, head_dim)
     lengths: list[int]  # valid entries per row = RoPE position of its next token
     consumed: list[int]  # tokens fed per row
 
@@ -113,6 +115,28 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor
     return angles.cos(), angles.sin()
 
 
+class RopeTable:
+    """cos and sin of every position in ``[0, block_size)``, built once per device.
+
+    A decode step then gathers B rows of a table instead of computing B x head_dim sines and
+    cosines. Kept in float32 outside the module's buffers, so a bf16 serving copy does not
+    round the angles (the cos/sin themselves are what :func:`rope_cos_sin` gives).
+    """
+
+    def __init__(self, block_size: int, head_dim: int, theta: float) -> None:
+        self.block_size, self.head_dim, self.theta = block_size, head_dim, theta
+        self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def lookup(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin, (B, 1, T, head_dim), for ``positions`` (B, T) in ``[0, block_size)``."""
+        table = self._tables.get(positions.device)
+        if table is None:
+            every = torch.arange(self.block_size, device=positions.device)[None]  # (1, S)
+            cos, sin = rope_cos_sin(every, self.head_dim, self.theta)  # (1, 1, S, hd)
+            table = self._tables[positions.device] = (cos[0, 0], sin[0, 0])  # (S, hd)
+        return table[0][positions][:, None], table[1][positions][:, None]
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate channel pairs (i, i + hd/2) of ``x`` (..., T, hd) by the angles in cos/sin."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -120,28 +144,42 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-def _cached_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Attention of q (B, nh, T, hd) over a cache k, v (B, nh, S, hd) under mask (B, 1, T, S).
+def _cached_attention(q: Tensor, k: Tensor, v: Tensor, step: _CacheStep) -> Tensor:
+    """Attention of q (B, nh, T, hd) over a cache k, v (B, nh, S, hd) -> (B, nh, T, hd).
 
-    On CPU, as two matmuls and a float32 softmax: reading the cache is the whole cost of a
-    decode step there, and torch's CPU SDPA kernel is slower (bf16: ~3x) than matmuls that
-    read it once. Elsewhere the fused kernel.
+    On CPU, as a ``baddbmm`` that adds the mask as it scales the scores, a float32 softmax and
+    a ``bmm``: reading the cache is most of a decode step there, these read it once, and
+    torch's CPU SDPA kernel is slower (bf16: ~3x). Elsewhere the fused kernel.
     """
-    if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)  # (B, nh, T, S)
-    probs = scores.masked_fill(~mask, -torch.inf).softmax(dim=-1).to(v.dtype)
-    return probs @ v  # (B, nh, T, hd)
+    if step.bias is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)
+    B, nh, T, hd = q.shape
+    S = k.shape[2]
+    scores = torch.baddbmm(
+        step.bias,  # (B*nh, T, S): 0 where a query may attend, -inf elsewhere
+        q.reshape(B * nh, T, hd),
+        k.view(B * nh, S, hd).transpose(1, 2),
+        alpha=hd**-0.5,
+    )  # (B*nh, T, S)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.bmm(probs, v.view(B * nh, S, hd)).view(B, nh, T, hd)
 
 
 @dataclass
 class _CacheStep:
     """What every layer needs to read and write its KV cache for one cached forward."""
 
-    index: tuple[Tensor, Tensor, Tensor]  # (B,1,1) rows, (1,nh,1) heads, (B,1,T) slots
-    """Where each new key goes: ``cache[index] = k`` (an index_put, whose bf16 CPU kernel is
-    ~50x faster than scatter's)."""
+    rows: Tensor  # (B*nh*T,) long: each new key's row in its cache viewed as (B*nh*S, hd)
+    """Where each new key goes, in the order of ``k.reshape(-1, hd)`` for k (B, nh, T, hd):
+    one ``index_copy_`` per cache (~10x faster on CPU than an index_put_ of three indices)."""
     mask: Tensor  # (B, 1, T, S) bool: True where a query may attend
+    bias: Tensor | None  # (B*nh, T, S) 0 / -inf in the cache's dtype: the CPU form of mask
+
+
+def _write_cache(cache: Tensor, new: Tensor, rows: Tensor) -> None:
+    """cache (B, nh, S, hd), contiguous, gets new (B, nh, T, hd) at the rows of a _CacheStep."""
+    hd = cache.shape[-1]
+    cache.view(-1, hd).index_copy_(0, rows, new.reshape(-1, hd))
 
 
 def _norm(config: ModelConfig) -> nn.Module:
@@ -170,20 +208,19 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """-> (output (B, T, C), this step's rotated keys, its values)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        nh, hd = self.n_head, self.head_dim
+        qkv = self.c_attn(x).view(B, T, 3 * nh, hd).transpose(1, 2)  # (B, 3nh, T, hd)
+        qk = apply_rope(qkv[:, : 2 * nh], cos, sin)  # (B, 2nh, T, hd): q and k in one go
+        q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, 2 * nh :]  # (B, nh, T, hd) each
         if cache is None:
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             assert step is not None
             k_cache, v_cache = cache  # (B, nh, S, hd), updated in place
-            k_cache.index_put_(step.index, k)  # (B, nh, T, hd) into their slots
-            v_cache.index_put_(step.index, v)
-            y = _cached_attention(q, k_cache, v_cache, step.mask)
+            _write_cache(k_cache, k, step.rows)
+            _write_cache(v_cache, v, step.rows)
+            y = _cached_attention(q, k_cache, v_cache, step)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), k, v
 
@@ -258,6 +295,7 @@ class GPT(LanguageModel):
         self.ln_f = _norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: one matrix reads and writes tokens
+        self.rope = RopeTable(config.block_size, self.head_dim, config.rope_theta)
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections so the stream's variance doesn't grow with depth.
         for name, p in self.named_parameters():
@@ -299,7 +337,7 @@ class GPT(LanguageModel):
     def _forward_full(self, tokens: Tensor, last_only: bool) -> tuple[Tensor, KVState]:
         B, T = tokens.shape
         positions = torch.arange(T, device=tokens.device)[None]  # (1, T)
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.config.rope_theta)
+        cos, sin = self.rope.lookup(positions)  # (1, 1, T, hd)
         x = self.drop(self.wte(tokens))  # (B, T, C)
         ks, vs = [], []
         for block in self.h:
@@ -326,20 +364,22 @@ class GPT(LanguageModel):
         k: Sequence[Tensor],
         v: Sequence[Tensor],
     ) -> Tensor:
-        """``tokens`` (B, T) at ``positions`` (B, T) through caches ``k[i]``/``v[i]`` (B, nh, S,
-        hd), written in place -> the last block's output (B, T, C). Static shapes and no host
-        reads: prefill chunks and the (graph-capturable) decode step share it."""
-        B = tokens.shape[0]
-        nh, hd = self.config.n_head, self.head_dim
-        slots = torch.arange(k[0].shape[2], device=tokens.device)  # (S,)
+        """``tokens`` (B, T) at ``positions`` (B, T), each below ``block_size``, through
+        contiguous caches ``k[i]``/``v[i]`` (B, nh, S, hd), written in place -> the last block's
+        output (B, T, C). Static shapes and no host reads: prefill chunks and the
+        (graph-capturable) decode step share it."""
+        B, T = tokens.shape
+        nh, S = self.config.n_head, k[0].shape[2]
         dev = tokens.device
-        rows = torch.arange(B, device=dev)[:, None, None]  # (B, 1, 1)
-        heads = torch.arange(nh, device=dev)[None, :, None]  # (1, nh, 1)
-        step = _CacheStep(
-            index=(rows, heads, positions[:, None, :]),
-            mask=(slots[None, None, :] <= positions[:, :, None])[:, None],  # (B, 1, T, S)
-        )
-        cos, sin = rope_cos_sin(positions, hd, self.config.rope_theta)
+        heads = torch.arange(B * nh, device=dev).view(B, nh, 1)  # (B, nh, 1): row b, head h
+        rows = (heads * S + positions[:, None, :]).view(-1)  # (B*nh*T,)
+        mask = (torch.arange(S, device=dev) <= positions[:, :, None])[:, None]  # (B, 1, T, S)
+        bias = None
+        if dev.type == "cpu":
+            zero = torch.zeros((), dtype=k[0].dtype)
+            bias = zero.masked_fill(~mask, -torch.inf).expand(B, nh, T, S).reshape(B * nh, T, S)
+        step = _CacheStep(rows, mask, bias)
+        cos, sin = self.rope.lookup(positions)  # (B, 1, T, hd)
         x = self.drop(self.wte(tokens))  # (B, T, C)
         for i, block in enumerate(self.h):
             x, _, _ = block(x, cos, sin, (k[i], v[i]), step)
@@ -354,8 +394,11 @@ class GPT(LanguageModel):
     # ------------------------------------------------------------------------- the cache
 
     def _ensure_capacity(self, state: KVState, needed: int) -> None:
+        """Room for ``needed`` entries per row, in contiguous buffers (what a step writes)."""
         S = state.capacity
         if needed <= S:
+            for kv in (state.k, state.v):
+                kv[:] = [t.contiguous() for t in kv]
             return
         rounded = -(-needed // _CAPACITY_STEP) * _CAPACITY_STEP
         new_S = max(needed, min(rounded, self.config.block_size))
@@ -422,15 +465,44 @@ class GPT(LanguageModel):
     # ------------------------------------------------------------------ slot-based decode
 
     def new_slots(self, max_batch: int) -> KVSlots:
+        """Slots of ``block_size`` entries per row on a GPU (static shapes, for CUDA graphs);
+        on a CPU of as many as the rows in use need (see :meth:`_fit_capacity`)."""
         cfg = self.config
-        shape = (cfg.n_layer, max_batch, cfg.n_head, cfg.block_size, self.head_dim)
+        capacity = _CAPACITY_STEP if self.device.type == "cpu" else cfg.block_size
+        shape = (cfg.n_layer, max_batch, cfg.n_head, min(capacity, cfg.block_size), self.head_dim)
         k = torch.zeros(shape, device=self.device, dtype=self.dtype)
         v = torch.zeros(shape, device=self.device, dtype=self.dtype)
         return KVSlots(k, v, [0] * max_batch, [0] * max_batch)
 
+    def _fit_capacity(self, slots: KVSlots, rows: int, capacity: int) -> None:
+        """Re-size the slots to ``capacity`` entries per row, keeping rows 0..rows-1.
+
+        A step attends over every entry of rows 0..B-1, and over a contiguous (B, nh, S, hd)
+        block a CPU reads each once; a trimmed view of larger buffers would be strided, which
+        CPU matmuls copy first (~4x slower). So the buffers themselves follow the longest row in
+        use, by whole multiples of 64: a copy of the rows in use every 64 tokens at most.
+        """
+        S = slots.k.shape[3]
+        if capacity == S:
+            return
+        keep = min(S, capacity)
+        for name in ("k", "v"):
+            old: Tensor = getattr(slots, name)
+            L, max_batch, nh, _, hd = old.shape
+            # Zeros, not empty: junk slots are masked, but 0 x NaN would still be NaN.
+            new = old.new_zeros(L, max_batch, nh, capacity, hd)
+            new[:, :rows, :, :keep] = old[:, :rows, :, :keep]
+            setattr(slots, name, new)
+
+    def _capacity_for(self, needed: int) -> int:
+        """Slots for ``needed`` entries: a whole multiple of 64, at most ``block_size``."""
+        return min(-(-needed // _CAPACITY_STEP) * _CAPACITY_STEP, self.config.block_size)
+
     def load_row(self, slots: KVSlots, row: int, state: KVSeqState | None) -> None:
         """Row ``row`` continues ``state`` (``None``: a fresh conversation); O(its prefix)."""
         t = 0 if state is None else state.k.shape[2]
+        if t > slots.k.shape[3]:
+            self._fit_capacity(slots, row, self._capacity_for(t))
         if state is not None:
             slots.k[:, row, :, :t] = state.k  # (L, nh, t, hd), cast to the slots' dtype
             slots.v[:, row, :, :t] = state.v
@@ -457,26 +529,18 @@ class GPT(LanguageModel):
     ) -> Tensor:
         """One token for rows 0..B-1: ``tokens`` (B,) at ``positions`` (B,) -> logits (B, V).
 
-        Writes the new keys and values into the rows' slots. Attention reads the first
-        ``window`` slots of every row (a CPU saving when all rows are short; every position
-        must be below it), or all ``block_size`` with ``None``: then every shape depends on B
-        only and nothing reads back to the host, so the step can be captured in a CUDA graph.
+        Writes the new keys and values into the rows' slots. Attention reads ``window`` slots
+        of every row (a CPU saving when all rows are short; every position must be below it;
+        the slots are re-sized to it), or ``block_size`` with ``None``: then every shape
+        depends on B only and nothing reads back to the host, so the step can be captured in
+        a CUDA graph.
         """
         B = tokens.shape[0]
-        S = self._window(slots, window)
-        k, v = slots.k[:, :B, :, :S], slots.v[:, :B, :, :S]  # (L, B, nh, S, hd) views
+        capacity = self.config.block_size if window is None else self._capacity_for(window)
+        self._fit_capacity(slots, B, capacity)
+        k, v = slots.k[:, :B], slots.v[:, :B]  # (L, B, nh, S, hd), contiguous
         x = self._attend_cached(tokens[:, None], positions[:, None], k.unbind(0), v.unbind(0))
         return self._logits(x, last_only=True)[:, 0].float()  # (B, V)
-
-    def _window(self, slots: KVSlots, window: int | None) -> int:
-        """Slots a step attends over: ``window`` if given and the cache is float32, else all.
-
-        A trimmed view is strided; CPU bf16 matmuls copy such views first, which costs more
-        than reading the unused slots (~5x at 192 of 256). Float32 ones read it as it is.
-        """
-        if window is None or slots.k.dtype != torch.float32:
-            return self.config.block_size
-        return min(window, self.config.block_size)
 
     def prefill_rows(self, slots: KVSlots, tokens: Tensor, lengths: list[int]) -> Tensor:
         """Feed row r of rows 0..B-1 its first ``lengths[r]`` of ``tokens`` (B, T), right-padded.
@@ -487,12 +551,11 @@ class GPT(LanguageModel):
         """
         B, T = tokens.shape
         assert self.config.block_size >= 2 * T, "a prefill chunk must fit half the window"
-        state = slots.as_state()
-        self._make_room(state, T, rows=B)  # room for T in every row, so padding fits too
+        self._make_room(slots.as_state(), T, rows=B)  # room for T in every row: padding too
+        self._fit_capacity(slots, B, self._capacity_for(max(slots.lengths[:B]) + T))
         start = torch.tensor(slots.lengths[:B], device=tokens.device)  # (B,)
         positions = start[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
-        S = self._window(slots, -(-(max(slots.lengths[:B]) + T) // _CAPACITY_STEP) * _CAPACITY_STEP)
-        k, v = slots.k[:, :B, :, :S], slots.v[:, :B, :, :S]  # (L, B, nh, S, hd) views
+        k, v = slots.k[:, :B], slots.v[:, :B]  # (L, B, nh, S, hd), contiguous
         x = self._attend_cached(tokens, positions, k.unbind(0), v.unbind(0))  # (B, T, C)
         last = torch.tensor(lengths, device=tokens.device) - 1  # (B,)
         x = x[torch.arange(B, device=tokens.device), last][:, None]  # (B, 1, C)
