@@ -7,19 +7,32 @@ Serving decodes through :class:`GRUSlots` instead: one preallocated (L, max_batc
 buffer whose rows conversations join and leave one row at a time, and :meth:`decode_step`,
 the same cell as ``nn.GRU`` written out so a step has static shapes (CUDA-graph capturable)
 and the first layer's input projection is a table lookup (the embedding is folded into it).
+A prompt (a new message, or a whole history recomputed after a cache miss) goes through
+``nn.GRU``'s fused sequence kernel instead, a chunk of every prefilling row at once
+(:meth:`GRUModel.prefill_rows`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from bot.errors import ModelError
 from engine.models import LanguageModel, Slots
 from engine.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class _Float32Copy:
+    """A float32 copy of a bf16 serving copy's ``nn.GRU`` for prefill, held outside the
+    module's children so it is neither a parameter nor part of a checkpoint."""
+
+    rnn: nn.GRU
 
 
 @dataclass
@@ -81,6 +94,7 @@ class GRUModel(LanguageModel):
         )
         self.drop = nn.Dropout(config.dropout)
         self.lm_head = nn.Linear(config.n_hidden, config.vocab_size)
+        self._rnn32: _Float32Copy | None = None  # see _float32_rnn
 
     def forward(
         self, tokens: Tensor, state: GRUState | None = None, *, last_only: bool = False
@@ -148,28 +162,40 @@ class GRUModel(LanguageModel):
         reads back to the host, so the step can be captured in a CUDA graph. ``positions`` and
         ``window`` are the GPT's and unused here.
         """
-        x = self._cell_step(slots, tokens, None)
+        x = self._cell_step(slots, tokens)
         return self._head(x)
 
     def prefill_rows(self, slots: GRUSlots, tokens: Tensor, lengths: list[int]) -> Tensor:
         """Feed row r of rows 0..B-1 its first ``lengths[r]`` of ``tokens`` (B, T), right-padded.
 
-        -> logits (B, V) after each row's last token. A recurrent prefill is sequential in T
-        whatever the batch, so rows go through :meth:`decode_step`'s cell together, one
-        timestep at a time; a row past its length keeps its hidden state.
+        -> logits (B, V) after each row's last token. The whole chunk goes through
+        ``nn.GRU``'s fused sequence kernel (~4x faster per timestep on CPU than a step at a
+        time), in float32 as the decode step's hidden state is; rows of different lengths are
+        packed, so each stops at its own end.
         """
         B, T = tokens.shape
-        ragged = min(lengths) != T
-        steps = torch.tensor(lengths, device=tokens.device) if ragged else None
-        for t in range(T):
-            self._cell_step(slots, tokens[:, t], None if steps is None else t < steps)
+        x = F.embedding(tokens, self.wte.weight).float()  # (B, T, E)
+        seq: Tensor | PackedSequence = x
+        if min(lengths) != T:
+            seq = pack_padded_sequence(x, torch.tensor(lengths), True, enforce_sorted=False)
+        h0 = slots.hidden[:, :B].contiguous()  # (L, B, H)
+        _, hidden = self._float32_rnn()(seq, h0)  # (L, B, H), each row after its last token
+        slots.hidden[:, :B] = hidden
         for r, n in enumerate(lengths):
             slots.lengths[r] += n
             slots.consumed[r] += n
-        return self._head(slots.hidden[-1, :B])
+        return self._head(hidden[-1])
 
-    def _cell_step(self, slots: GRUSlots, tokens: Tensor, active: Tensor | None) -> Tensor:
-        """Rows 0..B-1 take ``tokens`` (B,); rows where ``active`` (B,) is False stay put."""
+    def _float32_rnn(self) -> nn.GRU:
+        """``self.rnn``, or (a bf16 serving copy) a float32 copy of it, made once."""
+        if self.rnn.weight_hh_l0.dtype == torch.float32:
+            return self.rnn
+        if self._rnn32 is None:
+            self._rnn32 = _Float32Copy(copy.deepcopy(self.rnn).float().eval())
+        return self._rnn32.rnn
+
+    def _cell_step(self, slots: GRUSlots, tokens: Tensor) -> Tensor:
+        """Rows 0..B-1 take ``tokens`` (B,) -> the last layer's new hidden state (B, H)."""
         B = tokens.shape[0]
         gi = slots.table[tokens]  # (B, 3H): embedding and layer 0's input projection at once
         x = gi
@@ -183,8 +209,6 @@ class GRUModel(LanguageModel):
             h = slots.hidden[layer, :B]  # (B, H), a view: updated in place below
             gh = F.linear(h.to(w_hh.dtype), w_hh, b_hh).float()  # (B, 3H)
             x = _gru_cell(gi, gh, h)
-            if active is not None:
-                x = torch.where(active[:, None], x, h)
             h.copy_(x)
         return x
 
