@@ -17,9 +17,13 @@ fastest), as ``timeit`` does:
   every step) is kept, labelled naive, and is no headline. Default presets, random weights;
   every side generates exactly ``max_new_tokens`` per request (end-of-turn banned) and
   samples with temperature 0.8 and nothing else.
-- ``followup_ttft_ratio``: time to first token of a follow-up continuing the cached state of a
-  2,000-character conversation, over the same follow-up recomputed from that history (GRU;
-  the GPT's figure, whose recompute is capped by its window, is ``..._gpt``).
+- ``followup``: time to first token of a follow-up to a conversation of 500, 2,000 and 8,000
+  characters (``followup_chars``), per model: its state cached in memory, recomputed from the
+  stored history (the GRU through ``nn.GRU``'s fused sequence kernel; the GPT's recompute is
+  capped by its window), and restored from the state the cache spilled to Redis (the GET and
+  the deserialising counted). Each is the fastest of ``ttft_repeats``, from the request's
+  arrival to its first token. ``followup_ttft_ratio`` (``..._gpt``): cached over recomputed
+  at 2,000 characters.
 - ``queue_p50_ms``, ``queue_p99_ms``, ``queue_msgs_per_s``: ``bench.queue``'s measurement
   (stub engine in its own process: adapter XADD -> engine -> reply stream -> adapter).
 - ``e2e_fraction``: tokens/s of 64 concurrent users chatting through the web adapter
@@ -64,11 +68,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis as redis_sync
 import torch
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bench import queue as queue_bench
+from bot import keys
 from bot.queue import Delivery, RequestConsumer
 from bot.redis import connect
 from bot.registry import ModelRegistry
@@ -80,7 +86,7 @@ from engine.models import build_model, preset_config
 from engine.serve.batches import serving_copy
 from engine.serve.metrics import EngineMetrics
 from engine.serve.scheduler import Scheduler
-from engine.serve.work import Finished, Work
+from engine.serve.work import Finished, Spill, Work
 from engine.serve.worker import EngineWorker
 from engine.tokenizer import train_char_tokenizer
 
@@ -101,6 +107,7 @@ class Sizes:
     gru_baseline_requests: int = 8
     gpt_baseline_requests: int = 2
     history_chars: int = 2_000
+    followup_chars: tuple[int, ...] = (500, 2_000, 8_000)
     ttft_repeats: int = 5
     e2e_requests: int = 256
     e2e_new_tokens: int = 128
@@ -115,6 +122,7 @@ QUICK = Sizes(
     gru_baseline_requests=2,
     gpt_baseline_requests=1,
     ttft_repeats=2,
+    followup_chars=(500, 2_000),
     e2e_requests=32,
     e2e_new_tokens=16,
     queue_requests=200,
@@ -396,13 +404,93 @@ def followup_ttft_ms(ckpt: Checkpoint, sizes: Sizes) -> tuple[float, float]:
     return min(cached_ms), min(fresh_ms)
 
 
-def followup(grus: Checkpoint, gpt: Checkpoint, sizes: Sizes) -> dict[str, Any]:
-    out: dict[str, Any] = {"followup_history_chars": sizes.history_chars}
-    for name, ckpt in (("", grus), ("_gpt", gpt)):
-        cached, fresh = followup_ttft_ms(ckpt, sizes)
-        out[f"followup_ttft_ratio{name}"] = round(cached / fresh, 3)
-        out[f"followup_ttft_cached_ms{name}"] = round(cached, 2)
-        out[f"followup_ttft_recompute_ms{name}"] = round(fresh, 2)
+STATE_REMAINDER_TOKENS = 64
+"""At most what a follow-up continuing a state feeds (its message, the last reply, markers)."""
+
+
+def answer(s: Scheduler, work: Work) -> tuple[Finished, list[Spill]]:
+    """Step ``s`` until ``work`` is answered: its reply, and the states the cache spilled."""
+    s.submit(work)
+    spills: list[Spill] = []
+    while True:
+        for out in s.step_once():
+            if isinstance(out, Spill):
+                spills.append(out)
+            elif isinstance(out, Finished) and out.work is work:
+                return out, spills
+
+
+def first_token_ms(reply: Finished) -> float:
+    """From the request's ``received_s`` (before any Redis read) to its first token."""
+    return reply.reply.queue_ms + reply.reply.ttft_ms
+
+
+def followup_row(ckpt: Checkpoint, chars: int, repeats: int, redis_client: Any) -> dict[str, float]:
+    """Fastest time to first token of a follow-up to a ``chars``-character conversation:
+    its state cached in memory, recomputed from the stored history, or restored from the
+    state the cache spilled to Redis (GET, then deserialised, in the time)."""
+    history = long_history(chars)
+    # One token per reply: the state then ends exactly at the prompt, so the next prompt
+    # continues it whatever (random-weight) character the reply was and however it is tidied.
+    greedy = Sampling(temperature=0.0, max_new_tokens=1)
+    engine = {"history_max_chars": 4 * chars}  # the whole history, however long
+
+    def from_state(done: Finished) -> Finished:
+        if done.reply.prompt_tokens > STATE_REMAINDER_TOKENS:
+            raise SystemExit("a follow-up recomputed its history instead of using its state")
+        return done
+
+    cached, recomputed, restored = [], [], []
+    for i in range(repeats):
+        conv = f"ttft-{chars}-{i}-{uuid.uuid4().hex[:6]}"
+        warm = scheduler_for(ckpt, 16, None, **engine)
+        first, _ = answer(warm, chat_work(i, "hello!", history, greedy, conv))
+        history2 = (*history, Turn("user", "hello!"), Turn("bot", first.reply.text))
+        # Cached: the engine that answered the first message still holds its state.
+        done, _ = answer(warm, chat_work(i, "and then?", history2, greedy, conv))
+        cached.append(first_token_ms(from_state(done)))
+        # Recomputed: an engine without it (no memory budget, so it spills the state after).
+        cold = scheduler_for(ckpt, 16, None, cache_bytes=0, **engine)
+        done, spills = answer(cold, chat_work(i, "and then?", history2, greedy, conv))
+        recomputed.append(first_token_ms(done))
+        # Restored: the next follow-up on another engine, from the state spilled to Redis.
+        (spill,) = [sp for sp in spills if sp.conversation == conv]
+        redis_client.set(keys.state(conv), spill.data)
+        history3 = (*history2, Turn("user", "and then?"), Turn("bot", done.reply.text))
+        other = scheduler_for(ckpt, 16, None, **engine)
+        received = time.monotonic()
+        data = redis_client.get(keys.state(conv))
+        request = chat_work(i, "go on", history3, greedy, conv).request
+        work = Work(Delivery(0, "0-0", request), request, history3, data, received)
+        done, _ = answer(other, work)
+        restored.append(first_token_ms(from_state(done)))
+        redis_client.delete(keys.state(conv))
+    return {
+        "cached_ms": round(min(cached), 2),
+        "recomputed_ms": round(min(recomputed), 2),
+        "restored_ms": round(min(restored), 2),
+    }
+
+
+def followup(
+    grus: Checkpoint, gpt: Checkpoint, sizes: Sizes, redis_url: str | None
+) -> dict[str, Any]:
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    with queue_bench.redis_url(redis_url, embedded=False) as url:
+        client = redis_sync.Redis.from_url(url)
+        try:
+            for name, ckpt in (("gru", grus), ("gpt", gpt)):
+                table[name] = {
+                    str(chars): followup_row(ckpt, chars, sizes.ttft_repeats, client)
+                    for chars in sizes.followup_chars
+                }
+        finally:
+            client.close()
+    out: dict[str, Any] = {"followup": table, "followup_chars": list(sizes.followup_chars)}
+    for name, key in (("", "gru"), ("_gpt", "gpt")):
+        row = table[key][str(sizes.history_chars)]
+        out[f"followup_ttft_ratio{name}"] = round(row["cached_ms"] / row["recomputed_ms"], 3)
+    out["followup_history_chars"] = sizes.history_chars
     return out
 
 
@@ -625,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             result |= throughput(gru, "gru", sizes, repeats, counts)
             result |= throughput(gpt, "transformer", sizes, repeats, counts)
         if "ttft" not in args.skip:
-            result |= followup(gru, gpt, sizes)
+            result |= followup(gru, gpt, sizes, args.redis_url)
         if "queue" not in args.skip:
             result |= queue_figures(args.redis_url, sizes)
         if "e2e" not in args.skip:
