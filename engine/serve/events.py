@@ -108,8 +108,12 @@ class ReplyEvents:
         return b
 
     def busy(self, delivery: Delivery) -> Outgoing:
-        """The answer to a request refused because the worker is full."""
-        return self.error(delivery, "busy", BUSY_MESSAGE)
+        """The answer to a request refused because the worker is full: its only event, so
+        seq 0, outside the numbering (a refused redelivery of a request still running here
+        must not disturb that request's numbering; the adapter drops it as a duplicate)."""
+        rid = delivery.request.id
+        error = Error(request_id=rid, seq=0, code="busy", message=BUSY_MESSAGE)
+        return Outgoing([error], delivery.request.reply_to, ack=delivery)
 
     def end(self, request_id: str) -> None:
         """The request is done (answered, or left for reclaim): forget its numbering."""

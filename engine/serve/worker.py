@@ -129,8 +129,6 @@ class EngineWorker:
                 await self._consumer.write(busy)
             except QueueError as e:
                 log.warning("answering %d requests busy failed (%s)", len(busy), e)
-            for d in admitted.refused:
-                self._events.end(d.request.id)
         if admitted.ready:
             await self._prepare_and_schedule(admitted.ready)
 

@@ -111,6 +111,19 @@ def test_busy_controls_and_spills() -> None:
     busy = events.busy(delivery("r9", "x"))
     assert isinstance(busy.events[0], Error) and busy.events[0].code == "busy"
     assert busy.events[0].message == BUSY_MESSAGE and busy.ack is not None
+
+
+def test_refusing_a_redelivery_leaves_the_running_requests_numbering_alone() -> None:
+    events = ReplyEvents()
+    w = work("r1")
+    events.batch([Progress(w, "a"), Progress(w, "b")])  # seq 0 and 1 sent
+    assert events.busy(w.delivery).events[0].seq == 0  # a duplicate the adapter drops
+    done = events.batch([Finished(w, reply("ab"))]).items[0].events[0]
+    assert done.seq == 2
+
+
+def test_controls_and_spills() -> None:
+    events = ReplyEvents()
     req = ControlRequest(id="c1", conversation="c", reply_to="web", command="reset")
     control = Control(Delivery(0, "0-9", req), req)
     batch = events.batch([Applied(control), Spill("c", b"state")])
