@@ -220,9 +220,10 @@ class WebSettings(_Section):
     """Reverse proxies (addresses or networks) whose ``X-Forwarded-For`` names the client;
     from any other peer the header is ignored, and a forwarded request is never local."""
     rate_limit: str | None = "30/minute"
-    """Chat and API requests per client (its API key, else its address); unset: no limit."""
+    """POST requests (chat, API, reset, forget, feedback, dashboard actions) per client (its
+    API key, else its address); unset: no limit."""
     global_rate_limit: str | None = "1200/minute"
-    """Chat and API requests of all clients together; unset: no limit."""
+    """POST requests of all clients together; unset: no limit."""
 
 
 class SafetySettings(_Section):

@@ -8,7 +8,8 @@ proxy appends the address it saw); from any other peer the header is ignored. A 
 loopback and no untrusted peer forwarded it — so a proxy on this machine does not make every
 internet client local.
 
-:func:`rate_limit_middleware` limits the endpoints that reach the model (``web.rate_limit`` per
+:func:`rate_limit_middleware` limits every POST — chat, the API, reset, forget, feedback, and the
+dashboard's actions, so an admin token cannot be guessed at speed — (``web.rate_limit`` per
 client — its API key when it sends one, else its address — and ``web.global_rate_limit`` for
 all clients together) with :class:`bot.ratelimit.RateLimiter`, whose windows live in Redis so
 every web adapter shares them. A refused request gets a 429 in OpenAI's error shape with
@@ -36,8 +37,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
-LIMITED_PATHS = frozenset({"/api/chat", "/v1/chat/completions"})
-"""Endpoints that put work on the engines; the rest are cheap and not limited."""
 
 
 def parse_address(text: str | None) -> IPAddress | None:
@@ -118,7 +117,7 @@ def rate_limit_middleware(
 ) -> Middleware:
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in LIMITED_PATHS:
+        if request.method != "POST":
             return await handler(request)
         checks = [(per_client, clients.key(request)), (overall, "all")]
         for limiter, key in checks:

@@ -32,9 +32,12 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {MISSING}
 ADAPTERS = ["parley-adapter@web.service", "parley-adapter@discord.service"]
 ADAPTERS += ["parley-adapter@telegram.service"]
 OTHERS = ["parley-engine@0.service", "parley-engine@12.service", "parley-trainer.service"]
-OTHERS += ["parley-train.service"]
-THRESHOLD = {**dict.fromkeys(ADAPTERS, 2.0), **dict.fromkeys(OTHERS, 3.0)}
-ALL = [*ADAPTERS, *OTHERS, "parley-train.timer", "parley.target"]
+CLIENTS = ["parley-train.service"]
+THRESHOLD = {
+    **dict.fromkeys([*ADAPTERS, *CLIENTS], 2.0),
+    **dict.fromkeys(OTHERS, 3.0),
+}
+ALL = [*ADAPTERS, *OTHERS, *CLIENTS, "parley-train.timer", "parley.target"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ def test_verify_reports_nothing(units: Path) -> None:
     assert result.stdout + result.stderr == ""
 
 
-@pytest.mark.parametrize("name", [*ADAPTERS, *OTHERS])
+@pytest.mark.parametrize("name", [*ADAPTERS, *OTHERS, *CLIENTS])
 def test_security_exposure_within_threshold(units: Path, name: str) -> None:
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(units / name)],
@@ -98,7 +101,7 @@ def test_exec_start_runs_this_parley(units: Path) -> None:
         "parley-engine@.service": f"{PARLEY} engine --instance %i --metrics-port-base 9400",
         "parley-adapter@.service": f"{PARLEY} adapter %i",
         "parley-trainer.service": f"{PARLEY} trainer",
-        "parley-train.service": f"{PARLEY} train --from-archive --publish",
+        "parley-train.service": f"{PARLEY} retrain",
     }
     for name, command in commands.items():
         assert settings(units / name)["Service.ExecStart"] == [command]
@@ -122,10 +125,11 @@ def test_trainer_notifies_and_restarts(units: Path) -> None:
 
 
 def test_only_training_and_serving_units_see_gpus(units: Path) -> None:
-    adapter = settings(units / "parley-adapter@.service")
-    assert adapter["Service.PrivateDevices"] == ["yes"]
-    assert "Service.DeviceAllow" not in adapter
-    for name in ["parley-engine@.service", "parley-trainer.service", "parley-train.service"]:
+    for name in ["parley-adapter@.service", "parley-train.service"]:
+        unit = settings(units / name)
+        assert unit["Service.PrivateDevices"] == ["yes"]
+        assert "Service.DeviceAllow" not in unit
+    for name in ["parley-engine@.service", "parley-trainer.service"]:
         unit = settings(units / name)
         assert unit["Service.DevicePolicy"] == ["closed"]
         assert all(rule.startswith("char-nvidia") for rule in unit["Service.DeviceAllow"])
