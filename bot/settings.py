@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 from pydantic import (
     BaseModel,
     Field,
@@ -302,6 +303,12 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path.home() / ".local" / "share" / "parley"
     """Models, the conversation archive and the runtime file live here."""
+    models_url: str | None = None
+    """Where the model registry lives: a directory or an fsspec URL (``s3://bucket/models``,
+    ``gs://…``, ``file:///…``) that every host reads, so engines on other hosts load the
+    same versions. Object stores need their fsspec backend installed (``pip install s3fs``,
+    ``gcsfs``, ``adlfs``) and its credentials (for S3: the usual AWS variables or files).
+    Unset: ``data_dir/models``."""
     log_level: str = "INFO"
     redis: RedisSettings = RedisSettings()
     sampling: SamplingSettings = SamplingSettings()
@@ -312,6 +319,20 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     safety: SafetySettings = SafetySettings()
     learning: LearningSettings = LearningSettings()
+
+    @field_validator("models_url")
+    @classmethod
+    def _known_store(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        protocol = fsspec.core.split_protocol(v)[0] or "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as e:  # the store's backend is the user's optional install
+            raise ValueError(f"{protocol}:// needs its fsspec backend installed: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"unknown storage scheme {protocol!r}") from e
+        return v
 
     @field_validator("log_level")
     @classmethod
@@ -334,7 +355,18 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
+        """The model registry's directory when ``models_url`` is unset."""
         return self.data_dir / "models"
+
+    @property
+    def models_location(self) -> str:
+        """Where the model registry lives: ``models_url``, else ``models_dir``."""
+        return self.models_url or str(self.models_dir)
+
+    @property
+    def models_cache_dir(self) -> Path:
+        """Local copies of the versions read from a ``models_url`` that is not local."""
+        return self.data_dir / "model-cache"
 
     @property
     def archive_file(self) -> Path:

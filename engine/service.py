@@ -14,10 +14,9 @@ import prometheus_client
 import redis.asyncio as aioredis
 import torch
 
-from bot import keys
 from bot.errors import ConfigError, ModelError
 from bot.queue import RequestConsumer, ShardLeases, cancel_and_wait
-from bot.registry import ModelRegistry
+from bot.registry import ModelRegistry, ModelVersion, SwapTo, follow_live
 from bot.settings import EngineSettings, Settings
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.hardware import cpu_has_native_bf16
@@ -40,18 +39,19 @@ def choose_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def resolve_model(settings: Settings) -> Path:
-    """The checkpoint to serve: the setting, else the registry's live version, else the starter."""
+def resolve_model(settings: Settings, registry: ModelRegistry) -> Path:
+    """The checkpoint to serve: the setting, else the registry's live version (checked, and
+    copied into the local cache when the registry is a URL), else the starter."""
     if settings.engine.model is not None:
         return settings.engine.model
-    live = ModelRegistry(settings.models_dir).live()
+    live = registry.live()
     if live is not None:
-        return live.path
+        return registry.get(live.version).path
     if (STARTER_MODEL / "config.json").is_file():
         return STARTER_MODEL
     raise ModelError(
         "no model to serve: train one with `parley train`, or set engine.model "
-        f"(looked in {settings.models_dir} and {STARTER_MODEL})"
+        f"(looked in {registry.location} and {STARTER_MODEL})"
     )
 
 
@@ -106,7 +106,8 @@ async def serve(
     if settings.engine.torch_threads:
         torch.set_num_threads(settings.engine.torch_threads)
     device = choose_device(settings.engine.device)
-    path = resolve_model(settings)
+    registry = ModelRegistry.from_settings(settings)
+    path = await asyncio.to_thread(resolve_model, settings, registry)
     checkpoint = await asyncio.to_thread(load_for_serving, path, device, settings.engine.dtype)
     # Decided once per process, for the first model: a swapped-in version is served alike.
     decode = await asyncio.to_thread(choose_decode_dtype, settings.engine, checkpoint.model, device)
@@ -132,7 +133,12 @@ async def serve(
     leases = ShardLeases(redis, settings.redis, worker_id)
     lease_stop = asyncio.Event()
     leasing = asyncio.create_task(leases.run(consumer, lease_stop), name="leases")
-    swaps = asyncio.create_task(_follow_swaps(settings, redis, scheduler, device), name="swaps")
+    # A fixed engine.model is not the registry's: no catching up with its live version.
+    serving = checkpoint.version if settings.engine.model is None else None
+    swaps = asyncio.create_task(
+        follow_live(registry, redis, _swapper(settings, scheduler, device), serving=serving),
+        name="swaps",
+    )
     if ready is not None:
         ready.set()
     try:
@@ -143,32 +149,19 @@ async def serve(
         await leasing
 
 
-async def _follow_swaps(
-    settings: Settings,
-    redis: aioredis.Redis,
-    scheduler: Scheduler,
-    device: torch.device,
-) -> None:
-    """Load each newly published version in the background; the scheduler swaps between steps."""
-    registry = ModelRegistry(settings.models_dir)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.MODELS_CHANNEL)
-    try:
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
-            version = message["data"].decode()
-            try:
-                checkpoint = await asyncio.to_thread(
-                    load_for_serving, registry.get(version).path, device, settings.engine.dtype
-                )
-            except ModelError as e:
-                log.error("cannot swap to %s: %s", version, e)
-                continue
-            scheduler.swap(checkpoint)
-            log.info("model %s loaded; swapping in between steps", version)
-    finally:
-        await pubsub.aclose()
+def _swapper(settings: Settings, scheduler: Scheduler, device: torch.device) -> SwapTo:
+    """What :func:`bot.registry.follow_live` calls with a checked version: load it in the
+    background (a checkpoint that does not load raises ModelError and nothing changes); the
+    scheduler swaps between steps."""
+
+    async def swap_to(version: ModelVersion) -> None:
+        checkpoint = await asyncio.to_thread(
+            load_for_serving, version.path, device, settings.engine.dtype
+        )
+        scheduler.swap(checkpoint)
+        log.info("model %s loaded; swapping in between steps", version.version)
+
+    return swap_to
 
 
 @click.command("engine")

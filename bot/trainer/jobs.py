@@ -149,8 +149,8 @@ class RetrainJobs:
         if not stats.conversations and not learning.corpora:
             raise ParleyError("the archive holds no conversations and no corpora are set")
         live = await asyncio.to_thread(self.registry.live)
-        if live is not None:
-            await asyncio.to_thread(self.registry.get, live.version)  # refuse a damaged one
+        if live is not None:  # checked (a damaged one is refused), and local if from a URL
+            live = await asyncio.to_thread(self.registry.get, live.version)
         spec = RetrainSpec(
             job_id=request.id,
             run_dir=str(run_dir),

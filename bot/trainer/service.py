@@ -51,7 +51,7 @@ class TrainerService:
         self.consumer = settings.learning.trainer_id or socket.gethostname()
         self.archive = AsyncArchive(settings.archive_file)
         self.store = ConversationStore(redis, ttl_s=settings.engine.state_ttl_s)
-        self.registry = registry or ModelRegistry(settings.models_dir)
+        self.registry = registry or ModelRegistry.from_settings(settings)
         self.archiver = LogArchiver(
             redis,
             self.archive,
