@@ -87,11 +87,11 @@ def test_publish_makes_the_first_model_live_and_a_worse_one_not(tmp_path: Path) 
     assert "live" in first.output
     registry = ModelRegistry(tmp_path / "data" / "models")
     live = registry.live()
-    assert live is not None and live.version == "v1"
+    assert live is not None and live.version == "v0001"
 
-    # Two steps of training cannot beat ten: added as v2, v1 stays live.
+    # Two steps of training cannot beat ten: added as v0002, v0001 stays live.
     worse = train(tmp_path, tmp_path / "b", "--publish", "--max-steps", "2")
     assert worse.exit_code == 0, worse.output
-    assert "v1 stays live" in worse.output
-    assert [v.version for v in registry.versions()] == ["v1", "v2"]
-    assert registry.live().version == "v1"  # type: ignore[union-attr]
+    assert "v0001 stays live" in worse.output
+    assert [v.version for v in registry.versions()] == ["starter", "v0001", "v0002"]
+    assert registry.live().version == "v0001"  # type: ignore[union-attr]
