@@ -50,6 +50,9 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufeff\u200b\u20
 _MARKER = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 _LINE_BREAKS = str.maketrans({"\r": "\n", "\u2028": "\n", "\u2029": "\n", "\x85": "\n"})
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
+# A tail that more text could still turn into a marker: from a "<" on, only characters a
+# marker (or markers nested in one) is made of. A ">" never is: it would close a marker.
+_MARKER_START = re.compile(r"<[<|A-Za-z0-9_]*\Z")
 
 
 def clean_text(text: str) -> str:
@@ -59,15 +62,55 @@ def clean_text(text: str) -> str:
     blank lines dropped, so the same message always yields the same characters whatever
     client wrote it. Returns ``""`` for a message with nothing left.
     """
+    return _tidy_spaces(_without_markers(_unified(text)))
+
+
+def clean_prefix(text: str) -> str:
+    """The start of ``clean_text(text + more)`` that ``text`` already fixes, whatever ``more``
+    is: what a reply still being written may show of its cleaned final text.
+
+    That is ``clean_text(text)`` less what a continuation could still change: the last
+    character (a combining mark or jamo after it may compose with it, as may the one before
+    it when the two compose) and a tail that more text could complete into a token marker.
+    Spaces need nothing held back: ``clean_text`` drops trailing ones, and one that more text
+    keeps comes back with it.
+    """
+    kept = _without_markers(_unified(text[: _composition_boundary(text)]))
+    return _tidy_spaces(_MARKER_START.sub("", kept))
+
+
+def _unified(text: str) -> str:
+    """One line break, NFC, no control characters."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").translate(_LINE_BREAKS))
-    text = _CONTROL.sub("", text)
+    return _CONTROL.sub("", text)
+
+
+def _without_markers(text: str) -> str:
     while True:  # removing one marker can join the halves of another: "<|<|eot|>eot|>"
         stripped = _MARKER.sub("", text)
         if stripped == text:
-            break
+            return text
         text = stripped
+
+
+def _tidy_spaces(text: str) -> str:
     text = _HORIZONTAL_SPACE.sub(" ", text)
     return "\n".join(line.strip() for line in text.split("\n") if line.strip())
+
+
+def _composition_boundary(text: str) -> int:
+    """The last index ``j`` where NFC(text[:j] + anything) starts with NFC(text[:j]): text[j]
+    is a starter (canonical combining class 0, and so is the first character it decomposes
+    to) that does not compose with text[j - 1]; 0 if there is none. Nothing after such a
+    starter can reorder or compose across it."""
+    for j in range(len(text) - 1, 0, -1):
+        ch, before = text[j], text[j - 1]
+        if unicodedata.combining(ch) or unicodedata.combining(unicodedata.normalize("NFD", ch)[0]):
+            continue
+        pair = unicodedata.normalize("NFC", before + ch)
+        if pair == unicodedata.normalize("NFC", before) + unicodedata.normalize("NFC", ch):
+            return j
+    return 0
 
 
 def conversation_turns(

@@ -6,6 +6,12 @@ control request);
 :class:`ReplyEvents` turns each into the wire event the adapter receives (``Delta`` /
 ``Done`` / ``Error``), numbered ``0, 1, 2 …`` per request, and sorts a batch of outputs into
 what the worker writes in one transaction (:class:`Batch`).
+
+A stream cannot take text back, and the finished reply is the generated text cut at its
+first stop string and cleaned (:func:`~engine.data.formatting.clean_text`: spaces tidied,
+NFC, no markers), which is not always how the raw text began (a leading or doubled space,
+say). So deltas carry only the start of the final reply that the text so far already fixes
+(:func:`settled_text`), and what the deltas streamed is always a beginning of ``Done.text``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 
 from bot.queue import BUSY_MESSAGE, Delivery, Outgoing
 from bot.wire import ChatRequest, ControlCommand, Delta, Done, Error, ErrorCode, Exchange, Turn
+from engine.data.formatting import clean_prefix
 from engine.serve.work import Applied, Control, Failed, Failure, Finished, Output, Progress, Spill
 
 FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
@@ -76,15 +83,17 @@ class ReplyEvents:
 
     def __init__(self) -> None:
         self._next_seq: dict[str, int] = {}
+        self._generated: dict[str, str] = {}  # request id -> its raw text so far
+        self._streamed: dict[str, int] = {}  # request id -> characters of it sent as deltas
 
     def batch(self, outputs: Sequence[Output]) -> Batch:
         """Sort ``outputs`` into one :class:`Batch`, each event numbered."""
         b = Batch()
         for out in outputs:
             if isinstance(out, Progress):
-                req = out.work.request
-                attempt = out.work.delivery.deliveries
-                b.items.append(Outgoing([self.delta(req.id, out.text, attempt)], req.reply_to))
+                delta = self.progress(out)
+                if delta is not None:
+                    b.items.append(Outgoing([delta], out.work.request.reply_to))
             elif isinstance(out, Finished):
                 b.items.append(self.finished(out))
                 req = out.work.request
@@ -118,6 +127,8 @@ class ReplyEvents:
     def end(self, request_id: str) -> None:
         """The request is done (answered, or left for reclaim): forget its numbering."""
         self._next_seq.pop(request_id, None)
+        self._generated.pop(request_id, None)
+        self._streamed.pop(request_id, None)
 
     # -- one event each ----------------------------------------------------------------
 
@@ -125,6 +136,18 @@ class ReplyEvents:
         seq = self._next_seq.get(request_id, 0)
         self._next_seq[request_id] = seq + 1
         return seq
+
+    def progress(self, out: Progress) -> Delta | None:
+        """The delta for ``out``: what its text newly settles of the final reply, if anything."""
+        req = out.work.request
+        generated = self._generated.get(req.id, "") + out.text
+        self._generated[req.id] = generated
+        settled = settled_text(generated, req.sampling.stop)
+        sent = self._streamed.get(req.id, 0)
+        if len(settled) <= sent:
+            return None
+        self._streamed[req.id] = len(settled)
+        return self.delta(req.id, settled[sent:], out.work.delivery.deliveries)
 
     def delta(self, request_id: str, text: str, attempt: int = 1) -> Delta:
         # attempt: the delivery count, so the adapter never joins two attempts' text.
@@ -170,3 +193,19 @@ class ReplyEvents:
         seq, attempt = self._seq(rid), d.deliveries
         done = Done(request_id=rid, seq=seq, text=message, finish_reason="done", attempt=attempt)
         return Outgoing([done], d.request.reply_to, ack=d)
+
+
+def settled_text(generated: str, stops: Sequence[str]) -> str:
+    """The start of the finished reply that ``generated``, its raw text so far, already fixes,
+    whatever comes next. The scheduler finishes a reply as ``clean_text`` of its text cut at
+    the first stop string; this is ``clean_prefix`` of the text before any stop string and
+    before a tail that may be the beginning of one."""
+    stops = [s for s in stops if s]
+    cut = min((i for s in stops if (i := generated.find(s)) >= 0), default=len(generated))
+    text = generated[:cut]
+    longest = max((len(s) for s in stops), default=0)
+    for i in range(max(0, len(text) - longest + 1), len(text)):
+        if any(s.startswith(text[i:]) for s in stops):
+            text = text[:i]
+            break
+    return clean_prefix(text)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.data import (
     Conversation,
@@ -13,6 +15,7 @@ from engine.data import (
     format_conversations,
     format_prompt,
 )
+from engine.data.formatting import clean_prefix
 
 
 def conv(*messages: Message, opted_out: frozenset[str] = frozenset()) -> Conversation:
@@ -99,6 +102,40 @@ def test_format_conversations_drops_empty_and_short() -> None:
 )
 def test_clean_text(raw: str, clean: str) -> None:
     assert clean_text(raw) == clean
+
+
+@pytest.mark.parametrize(
+    ("text", "fixed"),
+    [
+        ("  hello   wor", "hello wo"),  # the last character waits: an accent may join it
+        ("cafe", "caf"),
+        ("hi  \n\n", "hi"),
+        ("ok <|eo", "ok"),  # may still become a marker
+        ("a<b>c", "a<b>"),
+        ("你好", "你"),
+    ],
+)
+def test_clean_prefix(text: str, fixed: str) -> None:
+    assert clean_prefix(text) == fixed
+
+
+# Characters that clean_text treats specially: spaces and line breaks, marker characters,
+# controls, combining marks, Hangul jamo that compose, a vowel sign that reorders.
+TRICKY = st.sampled_from(
+    [*"ab e\n\r\t<|>_", "\u00a0", "\u0301", "\u0308", "\u1100", "\u1161", "\u11a8",
+     "\uac00", "\u0f71", "\u0f73", "\u0f74", "\x00", "\x85", "\u2028", "\u200b", "<|eot|>",
+     "你"]
+)  # fmt: skip
+TEXT = st.lists(TRICKY, max_size=24).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXT, TEXT)
+def test_no_continuation_changes_the_clean_prefix(text: str, more: str) -> None:
+    """What a reply streamed so far is the beginning of its cleaned final text, whatever
+    follows; and it only ever grows."""
+    assert clean_text(text + more).startswith(clean_prefix(text))
+    assert clean_prefix(text + more).startswith(clean_prefix(text))
 
 
 def test_format_prompt_matches_the_training_layout() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from bot.queue import BUSY_MESSAGE, Delivery
-from bot.wire import ChatRequest, ControlRequest, Delta, Done, Error, Turn
+from bot.wire import ChatRequest, ControlRequest, Delta, Done, Error, Sampling, Turn
 from engine.serve.admission import Admission
 from engine.serve.events import FAILURES, ReplyEvents
 from engine.serve.work import Applied, Control, Failed, Finished, Progress, Reply, Spill, Work
@@ -83,12 +83,34 @@ def test_events_of_a_request_are_numbered_from_zero_in_order() -> None:
 def test_numbering_continues_across_batches_until_the_request_ends() -> None:
     events = ReplyEvents()
     w = work("r1")
-    first = events.batch([Progress(w, "a")])
-    second = events.batch([Finished(w, reply("ab"))])
+    first = events.batch([Progress(w, "ab")])
+    second = events.batch([Finished(w, reply("abc"))])
     assert [e.seq for i in (*first.items, *second.items) for e in i.events] == [0, 1]
     events.end("r1")  # left for reclaim: a redelivery starts again at 0
-    again = events.batch([Progress(w, "a")])
+    again = events.batch([Progress(w, "ab")])
     assert again.items[0].events[0].seq == 0
+
+
+def test_deltas_stream_only_what_the_final_reply_begins_with() -> None:
+    """The final reply is the generated text cleaned; a stream cannot take text back."""
+    events = ReplyEvents()
+    w = work("r1")
+    raw = ["  he", "llo  ", " wor", "ld "]
+    batch = events.batch([Progress(w, t) for t in raw])
+    deltas = [e.text for item in batch.items for e in item.events if isinstance(e, Delta)]
+    assert deltas == ["h", "ello", " wo", "rld"]  # a last character waits for the next
+    done = events.batch([Finished(w, reply("hello world"))]).items[0].events[0]
+    assert isinstance(done, Done) and done.seq == len(deltas)
+
+
+def test_deltas_hold_back_what_may_begin_a_stop_string() -> None:
+    events = ReplyEvents()
+    request = ChatRequest(
+        id="r1", conversation="c", reply_to="web", text="hi", sampling=Sampling(stop=("END",))
+    )
+    w = Work(Delivery(0, "0-1", request), request, ())
+    batch = events.batch([Progress(w, "ok E"), Progress(w, "N"), Progress(w, "D and on")])
+    assert [e.text for item in batch.items for e in item.events] == ["ok"]
 
 
 def test_each_failure_gets_its_code_and_message() -> None:
@@ -116,9 +138,9 @@ def test_busy_controls_and_spills() -> None:
 def test_refusing_a_redelivery_leaves_the_running_requests_numbering_alone() -> None:
     events = ReplyEvents()
     w = work("r1")
-    events.batch([Progress(w, "a"), Progress(w, "b")])  # seq 0 and 1 sent
+    events.batch([Progress(w, "ab"), Progress(w, "cd")])  # seq 0 and 1 sent
     assert events.busy(w.delivery).events[0].seq == 0  # a duplicate the adapter drops
-    done = events.batch([Finished(w, reply("ab"))]).items[0].events[0]
+    done = events.batch([Finished(w, reply("abcd"))]).items[0].events[0]
     assert done.seq == 2
 
 
