@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from adapters.metrics import AdapterMetrics
-from bot.errors import ParleyError, QueueFull
+from bot.errors import ParleyError
 from bot.safety import SafetyFilter, StreamGuard
 from bot.wire import Delta, Done, Error, ErrorCode, ReplyEvent, Request
 
@@ -115,7 +115,6 @@ class Replies:
         start = time.perf_counter()
         seq = 0
         final: Done | Error | None = None
-        outcome = ""
         try:
             stream = self.client.stream(request, timeout_s=timeout_s or self.timeout_s)
             async with closing_iter(stream) as events:
@@ -125,22 +124,18 @@ class Replies:
                         final = event
                         break
                     yield event
-        except QueueFull:
-            final = self._error(request, seq, "busy", BUSY_MESSAGE)
-        except TimeoutError:
-            final, outcome = self._error(request, seq, "unavailable", TIMEOUT_MESSAGE), "timeout"
-        except ParleyError as e:
+        except ParleyError as e:  # Redis failed while submitting (the client yields the rest)
             log.warning("request %s failed in the queue: %s", request.id, e)
             final = self._error(request, seq, "unavailable", UNAVAILABLE_MESSAGE)
         if final is None:
             log.warning("request %s: the reply stream ended without a final event", request.id)
             final = self._error(request, seq, "unavailable", UNAVAILABLE_MESSAGE)
-        self._record(request, final, outcome, time.perf_counter() - start)
+        self._record(request, final, time.perf_counter() - start)
         yield final
 
-    def _record(self, request: Request, final: Done | Error, outcome: str, took_s: float) -> None:
+    def _record(self, request: Request, final: Done | Error, took_s: float) -> None:
         """Count the outcome and log the one line per request."""
-        outcome = outcome or ("done" if isinstance(final, Done) else final.code)
+        outcome = "done" if isinstance(final, Done) else final.code
         self._metrics.replies.labels(self.adapter_id, outcome).inc()
         if isinstance(final, Done):
             log.info(
@@ -169,6 +164,4 @@ class Replies:
         return Error(request_id=request.id, seq=seq + 1, code=code, message=message)
 
 
-BUSY_MESSAGE = "The bot is busy right now. Please try again in a moment."
-TIMEOUT_MESSAGE = "The bot took too long to answer. Please try again."
 UNAVAILABLE_MESSAGE = "The bot is not available right now. Please try again later."
