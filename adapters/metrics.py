@@ -30,7 +30,7 @@ class AdapterMetrics:
     """``parley_adapter_requests_in_flight{adapter}``"""
     replies: Counter
     """``parley_adapter_replies_total{adapter, outcome}``: ``done`` or the final error's code
-    (``busy``, ``unavailable`` — which includes no reply in time —, ``bad_request``, ``internal``)."""
+    (``busy``; ``unavailable``, which includes no reply in time; ``bad_request``; ``internal``)."""
     blocked: Counter
     """``parley_adapter_replies_filtered_total{adapter, reason}``: replies the safety filter
     changed (reason ``blocklist`` or ``classifier``)."""
