@@ -35,7 +35,7 @@ from bot.errors import QueueError
 from bot.queue import Delivery, Outgoing, RequestConsumer
 from bot.registry import ModelRegistry
 from bot.settings import RedisSettings, Settings, WebSettings
-from bot.wire import ChatRequest, ControlRequest, Delta, Done, Request
+from bot.wire import ChatRequest, ControlRequest, Delta, Done, Heartbeat, Request, encode_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +146,9 @@ async def write_heartbeat(
     age_s: float = 0.0,
     **fields: Any,
 ) -> None:
-    """Write an engine heartbeat the way engines do (``keys.ENGINES`` hash of JSON)."""
-    beat = {
-        "worker": worker,
-        "model_version": model_version,
-        "time": time.time() - age_s,
-        "running": 0,
-        "waiting": 0,
-        "tokens_per_s": 0.0,
-        "cache_hits": 0,
-        "cache_queries": 0,
-        **fields,
-    }
-    await redis.hset(keys.ENGINES, worker, json.dumps(beat))
+    """Write an engine heartbeat the way engines do (:func:`bot.wire.encode_heartbeat`)."""
+    beat = Heartbeat(worker=worker, model_version=model_version, time=time.time() - age_s, **fields)
+    await redis.hset(keys.ENGINES, worker, encode_heartbeat(beat))
 
 
 def tiny_png() -> bytes:
