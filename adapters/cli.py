@@ -34,7 +34,7 @@ def web_command(settings: Settings, port: int | None) -> None:
 
     async def main() -> None:
         redis = await connect(find_redis_url(settings))
-        registry = ModelRegistry(settings.models_dir)
+        registry = ModelRegistry.from_settings(settings)
         on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
         try:
             await run_web(

@@ -63,7 +63,7 @@ async def run_all(settings: Settings, *, web: bool = True) -> None:
         login_url = None
         if web_app is not None:
             settings, login_url = _first_run_admin_token(settings)
-            registry = ModelRegistry(settings.models_dir)
+            registry = ModelRegistry.from_settings(settings)
             on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
             serving = web_app.run_web(
                 settings, redis, registry=registry, on_retrain=on_retrain, on_rollback=on_rollback

@@ -212,7 +212,10 @@ class ModelRegistry:
         ``starter``: the starter model's directory; ``True`` finds the bundled one, ``False``
         or ``None`` lists none."""
         self.location = str(location)
-        self._fs, self._root = open_location(self.location)
+        if isinstance(location, Path):  # a path as it is: no URL parsing of its characters
+            self._fs, self._root = LocalFileSystem(), str(location)
+        else:
+            self._fs, self._root = open_location(location)
         self.remote = not isinstance(self._fs, LocalFileSystem)
         if not self.remote:
             self.models_dir = location if isinstance(location, Path) else Path(self._root)
@@ -230,7 +233,8 @@ class ModelRegistry:
     def from_settings(cls, settings: Settings) -> ModelRegistry:
         """The registry at ``models_url`` (else ``data_dir/models``), caching in
         ``data_dir/model-cache``."""
-        return cls(settings.models_location, cache_dir=settings.models_cache_dir)
+        location = settings.models_url or settings.models_dir
+        return cls(location, cache_dir=settings.models_cache_dir)
 
     def starter(self) -> ModelVersion | None:
         """The built-in starter model as a version (number 0), if this install has one."""

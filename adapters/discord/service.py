@@ -70,7 +70,7 @@ async def serve(
         replies = Replies(
             queue, adapter_id=adapter_id, timeout_s=timeout_s, metrics=adapter_metrics()
         )
-        registry = ModelRegistry(settings.models_dir)
+        registry = ModelRegistry.from_settings(settings)
         on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
         commands = Commands(queue, redis, registry, retrain=on_retrain, rollback=on_rollback)
         chat = DiscordChat(

@@ -104,7 +104,7 @@ async def _serve(
     tg = settings.telegram
     adapter_id = tg.adapter_id or default_adapter_id()
     me = BotIdentity(bot.id, bot.username)
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
     on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)
     pending = PendingReplies(redis, me.id, settings.redis.reply_stream_ttl_s)
     client = TrackedClient(redis, settings.redis, adapter_id, pending)

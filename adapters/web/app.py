@@ -194,13 +194,13 @@ async def run_web(
     """Serve the web adapter on ``web.host:web.port`` until cancelled, then shut down cleanly.
 
     ``adapter_id`` defaults to ``web.adapter_id``, else ``web-<host>-<pid>``; ``registry`` to
-    the registry in ``settings.models_dir``. A port that cannot be bound raises ``OSError``.
+    the registry at ``settings.models_location``. A port that cannot be bound raises ``OSError``.
     """
     app = create_app(
         settings,
         redis,
         adapter_id=adapter_id or settings.web.adapter_id or default_adapter_id(),
-        registry=registry or ModelRegistry(settings.models_dir),
+        registry=registry or ModelRegistry.from_settings(settings),
         on_retrain=on_retrain,
         on_rollback=on_rollback,
     )

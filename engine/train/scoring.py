@@ -56,7 +56,7 @@ def publish(settings: Settings, checkpoint: Path, opts: RunOptions, device: torc
     tokenizer, so its score is recomputed here rather than read from its metrics). Returns
     what happened, for the user.
     """
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
     live = registry.live()
     added = registry.add(checkpoint)
     new_bpc = float(added.metrics["val_bpc"])
@@ -71,7 +71,7 @@ def publish(settings: Settings, checkpoint: Path, opts: RunOptions, device: torc
         val_fraction=opts.val_fraction,
         split_seed=SPLIT_SEED,
     )
-    live_bpc = score_bpc(live.path, texts.val, opts.cache_dir, device)
+    live_bpc = score_bpc(registry.get(live.version).path, texts.val, opts.cache_dir, device)
     if new_bpc < live_bpc:
         registry.set_live(added.version)
         announce_version(settings, registry, added.version)
