@@ -119,9 +119,11 @@ class ReplyEvents:
     def busy(self, delivery: Delivery) -> Outgoing:
         """The answer to a request refused because the worker is full: its only event, so
         seq 0, outside the numbering (a refused redelivery of a request still running here
-        must not disturb that request's numbering; the adapter drops it as a duplicate)."""
-        rid = delivery.request.id
-        error = Error(request_id=rid, seq=0, code="busy", message=BUSY_MESSAGE)
+        must not disturb that request's numbering), of the delivery's attempt: the adapter
+        has seen seq 0 of an earlier attempt whenever that one streamed, and drops only a
+        duplicate of the attempt it follows, so a refused redelivery takes over from it."""
+        rid, attempt = delivery.request.id, delivery.deliveries
+        error = Error(request_id=rid, seq=0, code="busy", message=BUSY_MESSAGE, attempt=attempt)
         return Outgoing([error], delivery.request.reply_to, ack=delivery)
 
     def end(self, request_id: str) -> None:
