@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from bot import keys, model_admin
 from bot.errors import ConfigError, ModelError
 from bot.queue import ParleyClient
-from bot.registry import MANIFEST_FILE, ModelRegistry
+from bot.registry import MANIFEST_FILE, ModelRegistry, ModelVersion, follow_live
 from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings
 from bot.wire import ChatRequest, Done
 from engine.service import serve
@@ -134,6 +134,33 @@ async def test_rollback_through_the_url(url: str, tmp_path: Path, redis: aioredi
     assert (await redis.get(keys.LIVE_MODEL)) == b"v0001"
     with pytest.raises(ModelError, match="no earlier version"):
         await model_admin.rollback(adapter, redis, None)
+
+
+async def test_follow_live_catches_up_skips_the_served_and_refuses_the_damaged(
+    url: str, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    trainer, engine = host(url, tmp_path, "trainer"), host(url, tmp_path, "engine")
+    for i in range(3):
+        trainer.add(fake_checkpoint(tmp_path / f"ck{i}", 2.0 - i / 10))
+    fsspec.filesystem("memory").pipe_file(store_path(url, "v0003", "config.json"), b"{ }")
+    swapped: asyncio.Queue[ModelVersion] = asyncio.Queue()
+
+    async def swap_to(version: ModelVersion) -> None:
+        await swapped.put(version)
+
+    await trainer.announce(redis, "v0002")  # while the engine was loading v0001
+    following = asyncio.create_task(follow_live(engine, redis, swap_to, serving="v0001"))
+    try:
+        caught_up = await asyncio.wait_for(swapped.get(), 30)  # it is subscribed by now
+        assert caught_up.version == "v0002"
+        assert caught_up.path == tmp_path / "engine" / "model-cache" / "v0002"
+        for version in ("v0002", "v0003", "v0001"):  # served already; damaged; a rollback
+            await trainer.announce(redis, version)
+        assert (await asyncio.wait_for(swapped.get(), 30)).version == "v0001"
+        assert swapped.empty()
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
 
 
 def test_a_url_needs_a_cache_and_a_known_scheme(tmp_path: Path) -> None:
