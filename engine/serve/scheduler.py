@@ -104,7 +104,10 @@ class _Sequence:
     started_s: float = field(default_factory=time.monotonic)
     first_token_s: float | None = None
     generated: list[int] = field(default_factory=list)
-    emitted_chars: int = 0
+    final_tokens: int = 0
+    """Generated tokens whose text is final and streamed: they end on a character boundary."""
+    tail_chars: int = 0
+    """Characters streamed from the tokens after ``final_tokens``."""
     last_emit_s: float = 0.0
     finish_reason: FinishReason | None = None
     row: int = -1
@@ -431,12 +434,17 @@ class Scheduler:
         return any(stop in tail for stop in seq.params.stop)
 
     def _progress(self, seq: _Sequence, now: float) -> None:
-        text = seq.model.checkpoint.tokenizer.decode(seq.generated)
-        stable = text.rstrip("\ufffd")  # a multi-byte character may still be incomplete
-        if len(stable) > seq.emitted_chars:
-            self._outputs.append(Progress(seq.work, stable[seq.emitted_chars :]))
-            seq.emitted_chars = len(stable)
+        # Only the tokens after the last character boundary are decoded: text decoded up to a
+        # complete character never changes (decoding concatenates there), so streaming costs
+        # O(1) per token rather than a decode of the whole reply each time.
+        tail = seq.model.checkpoint.tokenizer.decode(seq.generated[seq.final_tokens :])
+        stable = tail.rstrip("\ufffd")  # a multi-byte character may still be incomplete
+        if len(stable) > seq.tail_chars:
+            self._outputs.append(Progress(seq.work, stable[seq.tail_chars :]))
+            seq.tail_chars = len(stable)
             seq.last_emit_s = now
+        if stable == tail:
+            seq.final_tokens, seq.tail_chars = len(seq.generated), 0
 
     def _finish(self, seq: _Sequence, state: SeqState | None) -> None:
         ckpt = seq.model.checkpoint
