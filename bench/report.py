@@ -223,7 +223,57 @@ def render_engine(name: str, r: dict[str, Any]) -> list[str]:
             f"the engine is {r['transformer_naive_ratio']:.1f}× that. Bold: the dtype the "
             'engine picks (`engine.dtype = "auto"`); each side at its best thread count.',
         ]
+    return lines + render_followup(r) + render_e2e(r) + render_notes(r)
+
+
+def render_notes(r: dict[str, Any]) -> list[str]:
+    """The run's notes and load average, when it recorded them."""
+    lines = []
+    if "load_average" in r:
+        start, end = r["load_average"]["start"][0], r["load_average"]["end"][0]
+        lines.append(f"- 1-minute load average {start:.1f} at the start, {end:.1f} at the end.")
+    lines += [f"- Note: {note}" for note in r.get("notes", [])]
+    return ["", *lines] if lines else []
+
+
+def render_followup(r: dict[str, Any]) -> list[str]:
+    """bench/serving.py's follow-up table: time to first token by history length."""
+    if "followup" not in r:
+        return []
+    lines = [
+        "",
+        "Time to first token of a follow-up (ms, arrival to first token, fastest of "
+        f"{r.get('followup_repeats', 'several')} runs): the conversation's state cached in memory, "
+        "recomputed from the stored history (the GRU through `nn.GRU`'s fused kernel; the "
+        "GPT's recompute is capped by its window), or restored from the state "
+        "spilled to Redis (the GET and deserialising included).",
+        "",
+        "| model | history (characters) | cached | recomputed | restored from Redis |",
+        "|---|---|---|---|---|",
+    ]
+    for key, rows in r["followup"].items():
+        label = ENGINE_MODELS.get(key, "Transformer preset" if key == "gpt" else key)
+        for chars, row in rows.items():
+            lines.append(
+                f"| {label} | {int(chars):,} | {row['cached_ms']:,.1f} "
+                f"| {row['recomputed_ms']:,.1f} | {row['restored_ms']:,.1f} |"
+            )
     return lines
+
+
+def render_e2e(r: dict[str, Any]) -> list[str]:
+    """bench/serving.py's end-to-end figure, over the best bare engine."""
+    if "e2e_fraction" not in r or "e2e_bare_engine_threads" not in r:
+        return []
+    return [
+        "",
+        f"End to end: {r['e2e_users']} users chatting through the web adapter (HTTP + SSE, "
+        f"Redis, the engine in its own process at {r['e2e_engine_threads']} torch thread(s)) "
+        f"get {r['e2e_tokens_per_s']:,} tokens/s, **{r['e2e_fraction']:.2f}** of the best bare "
+        f"engine ({r['e2e_bare_engine_tokens_per_s']:,} tokens/s at "
+        f"{r['e2e_bare_engine_threads']} threads, same requests; "
+        f"{r['e2e_fraction_same_threads']:.2f} of the bare engine at the same thread count).",
+    ]
 
 
 RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {

@@ -27,12 +27,16 @@ fastest), as ``timeit`` does:
 - ``queue_p50_ms``, ``queue_p99_ms``, ``queue_msgs_per_s``: ``bench.queue``'s measurement
   (stub engine in its own process: adapter XADD -> engine -> reply stream -> adapter).
 - ``e2e_fraction``: tokens/s of 64 concurrent users chatting through the web adapter
-  (HTTP + SSE), Redis and an engine worker in its own process, over the bare scheduler's
-  tokens/s on the same requests. Both run the engine with ``--e2e-threads`` torch threads
+  (HTTP + SSE), Redis and an engine worker in its own process, over the best bare
+  scheduler's tokens/s on the same requests (measured at 1..cores torch threads, the best
+  kept: ``e2e_bare_engine_threads``). The engine process runs ``--e2e-threads`` torch threads
   (default: all cores but one, which the adapter, the load generator and Redis need — as a
-  deployment of all three on one small machine would set ``engine.torch_threads``).
+  deployment of all three on one small machine would set ``engine.torch_threads``);
+  ``e2e_fraction_same_threads`` divides by the bare engine at that same thread count.
 
-Usage: ``python -m bench.serving [--quick] [--redis-url URL] [--threads N] [--e2e-threads N]``.
+Usage: ``python -m bench.serving [--quick] [--redis-url URL] [--threads N] [--e2e-threads N]
+[--note TEXT]``. It prints its JSON; ``python -m bench.serving | python -m bench.report --save
+serving-cpu`` saves it to ``bench/results/`` with the commit and machine.
 ``--threads`` sets torch's threads for the other sections; by default the throughput section
 measures each side at 1..cores threads and keeps each side's best (an engine on a busy shared
 machine does best on fewer threads than cores, see the README's figures). Redis: database 7
@@ -486,7 +490,11 @@ def followup(
                 }
         finally:
             client.close()
-    out: dict[str, Any] = {"followup": table, "followup_chars": list(sizes.followup_chars)}
+    out: dict[str, Any] = {
+        "followup": table,
+        "followup_chars": list(sizes.followup_chars),
+        "followup_repeats": sizes.ttft_repeats,
+    }
     for name, key in (("", "gru"), ("_gpt", "gpt")):
         row = table[key][str(sizes.history_chars)]
         out[f"followup_ttft_ratio{name}"] = round(row["cached_ms"] / row["recomputed_ms"], 3)
@@ -637,6 +645,8 @@ def _end_to_end(
 ) -> dict[str, Any]:
     bare = scheduler_for(ckpt, sizes.e2e_new_tokens, None)
     default = Sampling()  # what the web page sends: the engine's default sampling
+    load = (sizes.e2e_requests, sizes.concurrency)
+    counts = list(range(1, (os.cpu_count() or 1) + 1))  # the bare engine's thread counts
     engine_tokens_per_s(bare, sizes.concurrency, sizes.concurrency, default)  # warm up
     with e2e_redis(redis_url) as url, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_flush(url))
@@ -652,10 +662,10 @@ def _end_to_end(
         try:
             if not ready.wait(120):
                 raise SystemExit("the engine process did not start")
-            bare_tps, web_tps = best_of(
+            *bare_tps, web_tps = best_of(
                 repeats,
-                lambda: engine_tokens_per_s(bare, sizes.e2e_requests, sizes.concurrency, default),
-                lambda: asyncio.run(web_load(settings, sizes.e2e_requests, sizes.concurrency)),
+                *(on_threads(n, lambda: engine_tokens_per_s(bare, *load, default)) for n in counts),
+                lambda: asyncio.run(web_load(settings, *load)),
             )
         finally:
             stop.set()
@@ -663,10 +673,17 @@ def _end_to_end(
             if proc.is_alive():
                 proc.terminate()
             asyncio.run(_flush(url))
+    best = max(range(len(counts)), key=lambda i: bare_tps[i])
+    same = bare_tps[counts.index(threads)] if threads in counts else None
     return {
-        "e2e_fraction": round(web_tps / bare_tps, 3),
+        "e2e_fraction": round(web_tps / bare_tps[best], 3),
         "e2e_tokens_per_s": round(web_tps),
-        "e2e_bare_engine_tokens_per_s": round(bare_tps),
+        "e2e_bare_engine_tokens_per_s": round(bare_tps[best]),
+        "e2e_bare_engine_threads": counts[best],
+        "e2e_bare_engine_by_threads": {
+            str(n): round(t) for n, t in zip(counts, bare_tps, strict=True)
+        },
+        "e2e_fraction_same_threads": None if same is None else round(web_tps / same, 3),
         "e2e_model": ckpt.preset,
         "e2e_engine_threads": threads,
         "e2e_users": sizes.concurrency,
@@ -690,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the engine's torch threads in the end-to-end section (default: cores - 1)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="runs per side (best kept)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the JSON")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["throughput", "ttft", "queue", "e2e"]
     )
@@ -705,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "quick": args.quick,
     }
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         gru, gpt = bench_checkpoint(Path(tmp), "gru"), bench_checkpoint(Path(tmp), "gpt")
         if "throughput" not in args.skip:
@@ -719,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         if "e2e" not in args.skip:
             result |= end_to_end(gpt, sizes, args.redis_url, args.e2e_threads, repeats)
     result["wall_s"] = round(time.perf_counter() - start, 1)
+    result["load_average"] = {"start": load_start, "end": os.getloadavg()}
+    result["notes"] = args.note
     json.dump(result, sys.stdout)
     print()
     return 0
