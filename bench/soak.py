@@ -15,15 +15,18 @@ Every request is counted by what its user saw — exactly one final reply (``don
 answer (HTTP 429/503 or a ``busy`` error: backpressure), more than one final reply
 (``duplicated``), or anything else: no final reply, a timeout, an internal error (``lost``) —
 and checked against the engine's conversation log: each user must have exactly as many logged
-exchanges as replies they saw (more is a duplicate, fewer a loss).
+exchanges as replies they saw (fewer is a loss; more is a duplicate, except for requests
+already counted lost because their user saw an error or no final reply: the engine answered
+and logged those but the answer never reached the user, one loss and not also a duplicate).
 
 Prints one JSON object: ``users``, ``requests``, ``lost``, ``duplicated``, ``p50_ms``,
 ``p99_ms`` (request to final reply on the web, to the first reply message on Discord and
-Telegram; answered requests), ``busy_replies``, ``peak_rss_mb`` (the engine and adapter
-processes, summed, sampled), ``peak_redis_mb`` (``used_memory``, sampled), and
-``throughput_per_s``; then the same users for a third of the time past capacity (tight
-engine and stream limits, ``past_capacity``: the same keys; ``--no-overload`` skips it);
-writes it with the commit, machine and date to
+Telegram; answered requests), ``lost_reasons`` (why requests were counted lost: the error
+code a web or API user saw instead of a reply, an HTTP status, an exception),
+``busy_replies``, ``peak_rss_mb`` (the engine and adapter processes, summed, sampled),
+``peak_redis_mb`` (``used_memory``, sampled), and ``throughput_per_s``; then the same users
+for a third of the time past capacity (tight engine and stream limits, ``past_capacity``: the
+same keys; ``--no-overload`` skips it); writes it with the commit, machine and date to
 ``bench/results/soak-cpu.json`` (``--quick``: ``soak-quick.json``). The driver shares the
 machine's CPUs with the system it measures; ``load_average_at_start`` says how busy the
 machine already was.
@@ -102,6 +105,10 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     replies: Counter[tuple[str, str]] = field(default_factory=Counter)  # (platform, user) -> seen
+    unseen: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(platform, user) -> their requests counted lost with an error or no final reply (the
+    engine may have answered and logged them all the same)."""
+    lost_reasons: Counter[str] = field(default_factory=Counter)
 
     @property
     def requests(self) -> int:
@@ -233,6 +240,14 @@ def classify_status(status: int, body: str) -> str:
     return "lost"
 
 
+def count_status(tally: Tally, status: int, body: str) -> None:
+    """A request answered with an HTTP error status instead of a stream."""
+    outcome = classify_status(status, body)
+    tally.outcomes[outcome] += 1
+    if outcome == "lost":
+        tally.lost_reasons[f"http_{status}"] += 1
+
+
 async def page_user(http: aiohttp.ClientSession, web_url: str, n: int, tally: Tally) -> None:
     """One request of a chat-page user: SSE events until the stream ends."""
     conversation = f"soakpage{n:05d}"
@@ -241,7 +256,7 @@ async def page_user(http: aiohttp.ClientSession, web_url: str, n: int, tally: Ta
     finals, errors = 0, []
     async with http.post(f"{web_url}/api/chat", json=body) as response:
         if response.status != 200:
-            tally.outcomes[classify_status(response.status, await response.text())] += 1
+            count_status(tally, response.status, await response.text())
             return
         event = ""
         async for raw in response.content:
@@ -273,10 +288,11 @@ async def api_user(client: Any, n: int, tally: Tally) -> None:
             if chunk.choices and chunk.choices[0].finish_reason is not None:
                 finals += 1
     except openai.APIStatusError as e:
-        tally.outcomes[classify_status(e.status_code, str(e.body))] += 1
+        count_status(tally, e.status_code, str(e.body))
         return
     except openai.APIError as e:  # an error event inside the stream
-        errors.append("busy" if "busy" in str(e) else "error")
+        body = e.body if isinstance(e.body, dict) else {}
+        errors.append("busy" if "busy" in str(e) else body.get("code") or "error")
         finals += 1
     record(tally, ("api", api_user_key(user)), finals, errors, start)
 
@@ -294,13 +310,17 @@ def record(
         tally.outcomes["busy"] += 1
     else:
         tally.outcomes["lost"] += 1
+        tally.unseen[who] += 1
+        tally.lost_reasons[str(errors[0]) if errors else "no_final_event"] += 1
 
 
 async def platform_user(platforms: Platforms, n: int, tally: Tally, discord: bool) -> None:
     """One request of a Discord or Telegram user (through the fake and the adapter process)."""
     text = random.choice(MESSAGES)
     ask = platforms.ask_discord if discord else platforms.ask_telegram
-    outcome, took_s, who = await ask(n, text)
+    # n // 4: the n-th user of its platform (users take the four roles in turn), so no two
+    # simulated users share one Discord account.
+    outcome, took_s, who = await ask(n // 4, text)
     tally.outcomes[outcome] += 1
     if outcome == "done":
         tally.latencies_ms.append(took_s * 1000)
@@ -334,8 +354,9 @@ async def user_loop(
             else:
                 assert platforms is not None
                 await platform_user(platforms, n, tally, discord=kind == "discord")
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
             tally.outcomes["lost"] += 1
+            tally.lost_reasons[type(e).__name__] += 1
         await asyncio.sleep(rng.uniform(0.2, 1.0))
 
 
@@ -423,11 +444,12 @@ async def drive(  # type: ignore[no-untyped-def]
 
 def check_log(tally: Tally, redis_url: str) -> tuple[int, int]:
     """(lost, duplicated) by the engine's log: conversations whose logged exchanges differ
-    from the replies their user saw."""
+    from the replies their user saw. An exchange logged for a request that its user saw fail
+    (already counted lost) is that loss, not a duplicate."""
     logged = logged_exchanges(redis_url)
     seen = tally.replies
     lost = sum(max(0, seen[c] - logged[c]) for c in seen)
-    duplicated = sum(max(0, logged[c] - seen[c]) for c in logged)
+    duplicated = sum(max(0, logged[c] - seen[c] - tally.unseen[c]) for c in logged)
     return lost, duplicated
 
 
@@ -487,6 +509,7 @@ def soak(
         "lost": tally.outcomes["lost"] + log_lost,
         "duplicated": tally.outcomes["duplicated"] + log_duplicated + platform_duplicated,
         "busy_replies": tally.outcomes["busy"],
+        "lost_reasons": dict(tally.lost_reasons),
         "throughput_per_s": round(tally.outcomes["done"] / max(elapsed_s, 1e-9), 1),
         "p50_ms": round(percentile(tally.latencies_ms, 50), 1),
         "p99_ms": round(percentile(tally.latencies_ms, 99), 1),
