@@ -392,7 +392,8 @@ class ModelRegistry:
         (into / MANIFEST_FILE).write_bytes(raw)
 
     def live(self) -> ModelVersion | None:
-        """The version named in ``LIVE``, else the newest whole one, else the starter."""
+        """The version named in ``LIVE``; without one (nothing was ever made live), the
+        built-in starter, else the newest whole version."""
         name = self._read_live()
         if name:
             found = self.find(name)
@@ -400,6 +401,9 @@ class ModelRegistry:
                 return found
             log.warning("LIVE names %s, which is not in %s", name, self.location)
         whole = [v for v in self.versions() if self._is_whole(v)]
+        starter = [v for v in whole if v.builtin]
+        if starter:  # a version added but never made live (the gate kept it out) is not live
+            return starter[0]
         return whole[-1] if whole else None
 
     def _is_whole(self, version: ModelVersion) -> bool:

@@ -81,17 +81,33 @@ def test_unknown_preset_is_a_clean_error(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "unknown model preset" in result.output
 
 
-def test_publish_makes_the_first_model_live_and_a_worse_one_not(tmp_path: Path) -> None:
-    first = train(tmp_path, tmp_path / "a", "--publish")
-    assert first.exit_code == 0, first.output
-    assert "live" in first.output
+def test_publish_makes_a_better_model_live_and_a_worse_one_not(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "data" / "models")
-    live = registry.live()
-    assert live is not None and live.version == "v0001"
+    # Two steps of training, made live by hand: an earlier model an admin published.
+    weak = train(tmp_path, tmp_path / "weak", "--max-steps", "2")
+    assert weak.exit_code == 0, weak.output
+    registry.set_live(registry.add(tmp_path / "weak").version)
+    assert registry.live().version == "v0001"  # type: ignore[union-attr]
 
-    # Two steps of training cannot beat ten: added as v0002, v0001 stays live.
+    # Ten steps beat two: published as v0002 and live.
+    better = train(tmp_path, tmp_path / "a", "--publish")
+    assert better.exit_code == 0, better.output
+    assert "v0002 is live now" in better.output
+    assert registry.live().version == "v0002"  # type: ignore[union-attr]
+
+    # Two steps cannot beat ten: added as v0003, v0002 stays live.
     worse = train(tmp_path, tmp_path / "b", "--publish", "--max-steps", "2")
     assert worse.exit_code == 0, worse.output
-    assert "v0001 stays live" in worse.output
-    assert [v.version for v in registry.versions()] == ["starter", "v0001", "v0002"]
-    assert registry.live().version == "v0001"  # type: ignore[union-attr]
+    assert "v0002 stays live" in worse.output
+    assert [v.version for v in registry.versions()] == ["starter", "v0001", "v0002", "v0003"]
+    assert registry.live().version == "v0002"  # type: ignore[union-attr]
+
+
+def test_a_model_the_gate_keeps_out_is_never_taken_for_live(tmp_path: Path) -> None:
+    # Ten steps of a tiny model do not beat the starter: added, not live, and with no LIVE
+    # written the starter (not the newest version) is what engines serve.
+    result = train(tmp_path, tmp_path / "a", "--publish", "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    assert "starter stays live" in result.output
+    registry = ModelRegistry(tmp_path / "data" / "models")
+    assert registry.live().version == "starter"  # type: ignore[union-attr]
