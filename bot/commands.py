@@ -10,6 +10,7 @@ alike and every refusal is logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -312,7 +313,8 @@ class Commands:
         return await self.rollback(argument or None)
 
     async def _model(self, argument: str, caller: Caller) -> str:
-        versions = self.registry.versions()
+        # The registry may be an object store: its listing is I/O, off the event loop.
+        versions = await asyncio.to_thread(self.registry.versions)
         live = await self.registry.live_version(self.redis)
         if not versions:
             return f"No model versions; serving {live or 'nothing'}."
@@ -323,7 +325,7 @@ class Commands:
             name = "starter (the built-in model)" if v.version == STARTER else v.version
             mark = "  ← live" if v.version == live else ""
             lines.append(f"{name}: {shown}{mark}")
-        if self.registry.previous(live) is None:
+        if await asyncio.to_thread(self.registry.previous, live) is None:
             lines.append("There is no earlier version to roll back to.")
         return "\n".join(lines)
 
