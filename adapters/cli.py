@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import click
 
@@ -50,43 +51,38 @@ def web_command(settings: Settings, port: int | None) -> None:
 @click.pass_obj
 def telegram_command(settings: Settings) -> None:
     """Answer on Telegram (PARLEY_TELEGRAM__TOKEN): long polling, or a webhook if configured."""
-    from prometheus_client import start_http_server
-
     from adapters.telegram import serve
-    from bot.cli import run_async
-    from bot.redis import connect
-    from bot.runtime import find_redis_url, stop_event_on_signals
 
-    async def main() -> None:
-        if settings.telegram.metrics_port:
-            start_http_server(settings.telegram.metrics_port)
-        stop, ready = stop_event_on_signals(), asyncio.Event()
-        async with systemd.supervised(ready, stop, name="telegram adapter"):
-            redis = await connect(find_redis_url(settings))
-            try:
-                await serve(settings, redis, stop, ready=ready)
-            finally:
-                await redis.aclose()
-
-    run_async(main())
+    _run_platform(settings, serve, "telegram adapter", settings.telegram.metrics_port)
 
 
 @adapter_group.command("discord")
 @click.pass_obj
 def discord_command(settings: Settings) -> None:
     """Answer on Discord (PARLEY_DISCORD__TOKEN): servers, threads, DMs, slash commands."""
+    from adapters.discord import serve
+
+    _run_platform(settings, serve, "discord adapter", settings.discord.metrics_port)
+
+
+Serve = Callable[..., Awaitable[None]]
+"""A platform package's ``serve(settings, redis, stop, *, ready=None)``."""
+
+
+def _run_platform(settings: Settings, serve: Serve, name: str, metrics_port: int) -> None:
+    """Run a platform adapter as its own process: its Prometheus port, systemd's notify
+    protocol (READY once connected, STOPPING when draining), Redis, until SIGINT/SIGTERM."""
     from prometheus_client import start_http_server
 
-    from adapters.discord import serve
     from bot.cli import run_async
     from bot.redis import connect
     from bot.runtime import find_redis_url, stop_event_on_signals
 
     async def main() -> None:
-        if settings.discord.metrics_port:
-            start_http_server(settings.discord.metrics_port)
+        if metrics_port:
+            start_http_server(metrics_port)
         stop, ready = stop_event_on_signals(), asyncio.Event()
-        async with systemd.supervised(ready, stop, name="discord adapter"):
+        async with systemd.supervised(ready, stop, name=name):
             redis = await connect(find_redis_url(settings))
             try:
                 await serve(settings, redis, stop, ready=ready)

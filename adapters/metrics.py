@@ -9,8 +9,10 @@ id), so several adapters in one process stay apart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from threading import Lock
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -73,15 +75,27 @@ class AdapterMetrics:
         )
 
 
-_registered: dict[int, tuple[CollectorRegistry, AdapterMetrics]] = {}
+M = TypeVar("M")
+
+_registered: dict[tuple[type[Any], int], tuple[CollectorRegistry, Any]] = {}
 _lock = Lock()
+
+
+def registered_once(
+    kind: type[M], register: Callable[[CollectorRegistry], M], registry: CollectorRegistry
+) -> M:
+    """The ``kind`` metric set of ``registry``, made by ``register`` the first time only, so a
+    second adapter or app in one process (tests) reuses it instead of failing on a duplicate
+    metric name."""
+    with _lock:
+        entry = _registered.get((kind, id(registry)))
+        if entry is None or entry[0] is not registry:
+            entry = (registry, register(registry))
+            _registered[(kind, id(registry))] = entry
+        metrics: M = entry[1]
+        return metrics
 
 
 def adapter_metrics(registry: CollectorRegistry = REGISTRY) -> AdapterMetrics:
     """The adapter metrics of ``registry`` (the process default unless given), registered once."""
-    with _lock:
-        entry = _registered.get(id(registry))
-        if entry is None or entry[0] is not registry:
-            entry = (registry, AdapterMetrics.register(registry))
-            _registered[id(registry)] = entry
-        return entry[1]
+    return registered_once(AdapterMetrics, AdapterMetrics.register, registry)

@@ -8,9 +8,10 @@ adapter instance id), one set per registry handed to every caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from threading import Lock
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from adapters.metrics import registered_once
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,6 @@ class DiscordMetrics:
         )
 
 
-_registered: dict[int, tuple[CollectorRegistry, DiscordMetrics]] = {}
-_lock = Lock()
-
-
 def discord_metrics(registry: CollectorRegistry = REGISTRY) -> DiscordMetrics:
     """The Discord metrics of ``registry`` (the process default unless given), registered once."""
-    with _lock:
-        entry = _registered.get(id(registry))
-        if entry is None or entry[0] is not registry:
-            entry = (registry, DiscordMetrics.register(registry))
-            _registered[id(registry)] = entry
-        return entry[1]
+    return registered_once(DiscordMetrics, DiscordMetrics.register, registry)

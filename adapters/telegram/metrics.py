@@ -7,9 +7,10 @@ labelled with the adapter instance id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from threading import Lock
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from adapters.metrics import registered_once
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,6 @@ class TelegramMetrics:
         )
 
 
-_registered: dict[int, tuple[CollectorRegistry, TelegramMetrics]] = {}
-_lock = Lock()
-
-
 def telegram_metrics(registry: CollectorRegistry = REGISTRY) -> TelegramMetrics:
     """The Telegram metrics of ``registry`` (the process default unless given), registered once."""
-    with _lock:
-        entry = _registered.get(id(registry))
-        if entry is None or entry[0] is not registry:
-            entry = (registry, TelegramMetrics.register(registry))
-            _registered[id(registry)] = entry
-        return entry[1]
+    return registered_once(TelegramMetrics, TelegramMetrics.register, registry)
