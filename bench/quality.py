@@ -174,6 +174,8 @@ def run(opts: Options) -> dict[str, Any]:
         got = parley.replies(ex.context[:-1], ex.context[-1][1], opts.n, opts.k, opts.seed + i)
         for name in MODE_NAMES:
             by_mode[name].append(got[name])
+        if (i + 1) % 50 == 0:
+            print(f"{i + 1}/{len(examples)} contexts answered", file=sys.stderr, flush=True)
     judge = Judge()
     messages = [ex.context[-1][1] for ex in examples]
     human = judge.scores(messages, [ex.reply for ex in examples])
