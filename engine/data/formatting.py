@@ -79,6 +79,68 @@ def clean_prefix(text: str) -> str:
     return _tidy_spaces(_MARKER_START.sub("", kept))
 
 
+class CleanStream:
+    """:func:`clean_prefix` of a text that only grows, at a cost that follows what was added
+    rather than the whole text.
+
+    It keeps ``clean_text`` of a head of the text that ends where cleaning the rest cannot
+    reach back into it (no marker, composition or run of spaces crosses it): after a line
+    break, after a space followed by a letter or digit, or between two CJK ideographs. The
+    rest is cleaned on each call and joined to the head: by a newline, by a space (when the
+    head's last line has content), or directly between ideographs.
+    """
+
+    def __init__(self) -> None:
+        self._end = 0  # the head is text[: self._end]
+        self._head = ""  # clean_text of the head
+        self._open = False  # the head's last line has content
+        self._joint = ""  # what joins the head to the cleaned rest
+
+    def prefix(self, text: str) -> str:
+        """``clean_prefix(text)``, for a ``text`` that begins with every one given before."""
+        split = _last_split(text, self._end)
+        if split > self._end:
+            piece = text[self._end : split]
+            self._head = self._joined(clean_text(piece))
+            reduced = _without_markers(_unified(piece))
+            if "\n" in reduced:
+                self._open = bool(reduced.rsplit("\n", 1)[1].strip())
+            else:
+                self._open = self._open or bool(reduced.strip())
+            self._end = split
+            if _solid(text[split - 1]):
+                self._joint = ""
+            else:
+                self._joint = " " if self._open else "\n"
+        return self._joined(clean_prefix(text[self._end :]))
+
+    def _joined(self, rest: str) -> str:
+        if not self._head or not rest:
+            return self._head or rest
+        return self._head + self._joint + rest
+
+
+_CJK_PUNCTUATION = frozenset("，。！？、：；")
+
+
+def _solid(ch: str) -> bool:
+    """A CJK ideograph or punctuation mark: it neither composes nor belongs to a marker."""
+    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" or ch in _CJK_PUNCTUATION
+
+
+def _last_split(text: str, start: int) -> int:
+    """The last index after ``start`` where :class:`CleanStream` may cut: after a line
+    break, after a space when a letter or digit is at it, or between two CJK characters
+    (:func:`_solid`); ``start`` if there is none."""
+    if text.endswith("\n") and len(text) > start:
+        return len(text)
+    for p in range(len(text) - 1, start, -1):
+        before, ch = text[p - 1], text[p]
+        if before == "\n" or (before == " " and ch.isalnum()) or (_solid(before) and _solid(ch)):
+            return p
+    return start
+
+
 def _unified(text: str) -> str:
     """One line break, NFC, no control characters."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").translate(_LINE_BREAKS))
@@ -101,16 +163,22 @@ def _tidy_spaces(text: str) -> str:
 def _composition_boundary(text: str) -> int:
     """The last index ``j`` where NFC(text[:j] + anything) starts with NFC(text[:j]): text[j]
     is a starter (canonical combining class 0, and so is the first character it decomposes
-    to) that does not compose with text[j - 1]; 0 if there is none. Nothing after such a
+    to) that does not compose with what precedes it; 0 if there is none. Nothing after such a
     starter can reorder or compose across it."""
     for j in range(len(text) - 1, 0, -1):
-        ch, before = text[j], text[j - 1]
+        ch = text[j]
         if unicodedata.combining(ch) or unicodedata.combining(unicodedata.normalize("NFD", ch)[0]):
             continue
-        pair = unicodedata.normalize("NFC", before + ch)
-        if pair == unicodedata.normalize("NFC", before) + unicodedata.normalize("NFC", ch):
+        # What ch could compose with was itself composed from at most a few characters
+        # (Hangul: leading + vowel jamo, then a trailing one joins them), all within 8.
+        before = text[max(0, j - _COMPOSE_WINDOW) : j]
+        joined = unicodedata.normalize("NFC", before + ch)
+        if joined == unicodedata.normalize("NFC", before) + unicodedata.normalize("NFC", ch):
             return j
     return 0
+
+
+_COMPOSE_WINDOW = 8
 
 
 def conversation_turns(

@@ -11,7 +11,8 @@ A stream cannot take text back, and the finished reply is the generated text cut
 first stop string and cleaned (:func:`~engine.data.formatting.clean_text`: spaces tidied,
 NFC, no markers), which is not always how the raw text began (a leading or doubled space,
 say). So deltas carry only the start of the final reply that the text so far already fixes
-(:func:`settled_text`), and what the deltas streamed is always a beginning of ``Done.text``.
+(its clean prefix, :class:`~engine.data.formatting.CleanStream`, before any stop string:
+:func:`before_stop`), and what the deltas streamed is always a beginning of ``Done.text``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from bot.queue import BUSY_MESSAGE, Delivery, Outgoing
 from bot.wire import ChatRequest, ControlCommand, Delta, Done, Error, ErrorCode, Exchange, Turn
-from engine.data.formatting import clean_prefix
+from engine.data.formatting import CleanStream
 from engine.serve.work import Applied, Control, Failed, Failure, Finished, Output, Progress, Spill
 
 FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
@@ -83,8 +84,7 @@ class ReplyEvents:
 
     def __init__(self) -> None:
         self._next_seq: dict[str, int] = {}
-        self._generated: dict[str, str] = {}  # request id -> its raw text so far
-        self._streamed: dict[str, int] = {}  # request id -> characters of it sent as deltas
+        self._streams: dict[str, _Streamed] = {}
 
     def batch(self, outputs: Sequence[Output]) -> Batch:
         """Sort ``outputs`` into one :class:`Batch`, each event numbered."""
@@ -129,8 +129,7 @@ class ReplyEvents:
     def end(self, request_id: str) -> None:
         """The request is done (answered, or left for reclaim): forget its numbering."""
         self._next_seq.pop(request_id, None)
-        self._generated.pop(request_id, None)
-        self._streamed.pop(request_id, None)
+        self._streams.pop(request_id, None)
 
     # -- one event each ----------------------------------------------------------------
 
@@ -142,14 +141,14 @@ class ReplyEvents:
     def progress(self, out: Progress) -> Delta | None:
         """The delta for ``out``: what its text newly settles of the final reply, if anything."""
         req = out.work.request
-        generated = self._generated.get(req.id, "") + out.text
-        self._generated[req.id] = generated
-        settled = settled_text(generated, req.sampling.stop)
-        sent = self._streamed.get(req.id, 0)
-        if len(settled) <= sent:
+        stream = self._streams.setdefault(req.id, _Streamed())
+        stream.generated += out.text
+        settled = stream.clean.prefix(before_stop(stream.generated, req.sampling.stop))
+        if len(settled) <= stream.sent:
             return None
-        self._streamed[req.id] = len(settled)
-        return self.delta(req.id, settled[sent:], out.work.delivery.deliveries)
+        delta = self.delta(req.id, settled[stream.sent :], out.work.delivery.deliveries)
+        stream.sent = len(settled)
+        return delta
 
     def delta(self, request_id: str, text: str, attempt: int = 1) -> Delta:
         # attempt: the delivery count, so the adapter never joins two attempts' text.
@@ -197,17 +196,25 @@ class ReplyEvents:
         return Outgoing([done], d.request.reply_to, ack=d)
 
 
-def settled_text(generated: str, stops: Sequence[str]) -> str:
-    """The start of the finished reply that ``generated``, its raw text so far, already fixes,
-    whatever comes next. The scheduler finishes a reply as ``clean_text`` of its text cut at
-    the first stop string; this is ``clean_prefix`` of the text before any stop string and
-    before a tail that may be the beginning of one."""
+@dataclass(slots=True)
+class _Streamed:
+    """A request's raw text so far, and how much of its settled text was sent as deltas."""
+
+    generated: str = ""
+    sent: int = 0
+    clean: CleanStream = field(default_factory=CleanStream)
+
+
+def before_stop(generated: str, stops: Sequence[str]) -> str:
+    """The part of ``generated`` (a reply's raw text so far) that no stop string can cut from
+    the finished reply: before the first stop string, and before a tail that may begin one.
+    The scheduler finishes a reply as ``clean_text`` of its text cut at the first stop string,
+    so the deltas are the clean prefix (:class:`CleanStream`) of this."""
     stops = [s for s in stops if s]
     cut = min((i for s in stops if (i := generated.find(s)) >= 0), default=len(generated))
     text = generated[:cut]
     longest = max((len(s) for s in stops), default=0)
     for i in range(max(0, len(text) - longest + 1), len(text)):
         if any(s.startswith(text[i:]) for s in stops):
-            text = text[:i]
-            break
-    return clean_prefix(text)
+            return text[:i]
+    return text

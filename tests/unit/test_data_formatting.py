@@ -15,7 +15,7 @@ from engine.data import (
     format_conversations,
     format_prompt,
 )
-from engine.data.formatting import clean_prefix
+from engine.data.formatting import CleanStream, clean_prefix
 
 
 def conv(*messages: Message, opted_out: frozenset[str] = frozenset()) -> Conversation:
@@ -123,8 +123,8 @@ def test_clean_prefix(text: str, fixed: str) -> None:
 # controls, combining marks, Hangul jamo that compose, a vowel sign that reorders.
 TRICKY = st.sampled_from(
     [*"ab e\n\r\t<|>_", "\u00a0", "\u0301", "\u0308", "\u1100", "\u1161", "\u11a8",
-     "\uac00", "\u0f71", "\u0f73", "\u0f74", "\x00", "\x85", "\u2028", "\u200b", "<|eot|>",
-     "你"]
+     "\uac00", "\u1100\u1161", "\u0f71", "\u0f73", "\u0f74", "\x00", "\x85", "\u2028",
+     "\u200b", "<|eot|>", "<|", "|>", "  ", "1", "你", "好", "，"]
 )  # fmt: skip
 TEXT = st.lists(TRICKY, max_size=24).map("".join)
 
@@ -136,6 +136,21 @@ def test_no_continuation_changes_the_clean_prefix(text: str, more: str) -> None:
     follows; and it only ever grows."""
     assert clean_text(text + more).startswith(clean_prefix(text))
     assert clean_prefix(text + more).startswith(clean_prefix(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(TEXT, max_size=10))
+def test_a_clean_stream_keeps_to_what_the_final_text_begins_with(pieces: list[str]) -> None:
+    """Fed a growing text piece by piece, CleanStream gives a beginning of the final cleaned
+    text that only grows, and holds back no more than clean_prefix does."""
+    stream, text, shown = CleanStream(), "", ""
+    final = clean_text("".join(pieces))
+    for piece in pieces:
+        text += piece
+        now = stream.prefix(text)
+        assert final.startswith(now) and now.startswith(shown)
+        assert len(now) >= len(clean_prefix(text))
+        shown = now
 
 
 def test_format_prompt_matches_the_training_layout() -> None:
