@@ -221,7 +221,8 @@ def render_engine(name: str, r: dict[str, Any]) -> list[str]:
             "Naive, no headline: nanoGPT's `generate` as written (the whole context re-run for "
             f"every token, fp32) makes {r['transformer_naive_fp32_tokens_per_s']:,.0f} tokens/s; "
             f"the engine is {r['transformer_naive_ratio']:.1f}× that. Bold: the dtype the "
-            'engine picks (`engine.dtype = "auto"`); each side at its best thread count.',
+            'engine picks (`engine.dtype = "auto"`); each side at its best of the thread '
+            "counts tried (all 1..cores unless `--threads` fixed one).",
         ]
     return lines + render_followup(r) + render_e2e(r) + render_notes(r)
 
