@@ -320,6 +320,7 @@ class Archive:
         exclude_users: Iterable[str] = (),
         good_reply_weight: int = 1,
         gap_ms: int = CONVERSATION_GAP_MS,
+        exclude_text: Callable[[str], bool] | None = None,
     ) -> Iterator[ExportedConversation]:
         """The archive as JSONL conversation records (the format of ``engine.data.jsonl``).
 
@@ -332,6 +333,8 @@ class Archive:
         (the trainer skips ``bot`` messages) and ``"role": "bot"``; each, with the message
         it answers, is written ``good_reply_weight`` times in a row (weighting inside the
         conversation keeps its id unique and its copies on one side of the split).
+        Messages for which ``exclude_text`` is true (the safety filter's
+        ``exclude_from_training``) are left out too.
         """
         excluded = self.opted_out() | set(exclude_users)
         rows = self._read(
@@ -343,6 +346,8 @@ class Archive:
             if user in excluded:
                 continue
             if role == "bot" and not (bot_replies == "good" and feedback == 1):
+                continue
+            if exclude_text is not None and exclude_text(str(text)):
                 continue
             at = int(created_ms)
             if current is None or not current.continues(str(platform), str(chat), at, gap_ms):
@@ -360,6 +365,7 @@ class Archive:
         bot_replies: BotReplies = "good",
         good_reply_weight: int = 1,
         exclude_users: Iterable[str] = (),
+        exclude_text: Callable[[str], bool] | None = None,
     ) -> ExportStats:
         """Write :meth:`conversations` to ``path`` as JSONL (atomically: written beside it and
         renamed), with replies marked good weighted as :meth:`conversations` says. Returns
@@ -376,6 +382,7 @@ class Archive:
                     bot_replies=bot_replies,
                     exclude_users=exclude_users,
                     good_reply_weight=good_reply_weight,
+                    exclude_text=exclude_text,
                 ):
                     f.write(json.dumps(c.record, ensure_ascii=False) + "\n")
                     conversations += 1

@@ -19,6 +19,7 @@ import click
 
 from bot.archive import ArchivedMessage, open_archive
 from bot.errors import ParleyError
+from bot.safety import training_exclusion
 from bot.settings import Settings
 
 
@@ -45,6 +46,7 @@ def export_command(settings: Settings, path: Path, bot_replies: str | None) -> N
             path,
             bot_replies=bot_replies or settings.learning.bot_replies,  # type: ignore[arg-type]
             good_reply_weight=settings.learning.good_reply_weight,
+            exclude_text=training_exclusion(settings.safety),
         )
     click.echo(
         f"wrote {stats.conversations} conversations ({stats.messages} messages) to {path}; "

@@ -145,6 +145,10 @@ class SafetyFilter:
             return Verdict(True, self.mask(text), tuple(reasons))
         return Verdict(True, self.replacement, tuple(reasons))
 
+    def blocks(self, text: str) -> bool:
+        """Whether ``text`` matches (what training leaves out with ``exclude_from_training``)."""
+        return self.check(text).blocked
+
     def _classify(self, text: str) -> bool:
         assert self.classifier is not None
         try:
@@ -152,6 +156,15 @@ class SafetyFilter:
         except Exception:  # a broken hook must not let text through unchecked
             log.exception("the safety classifier failed; treating the reply as blocked")
             return True
+
+
+def training_exclusion(settings: SafetySettings) -> Callable[[str], bool] | None:
+    """The predicate that keeps matching messages out of training data, or ``None`` when
+    ``exclude_from_training`` is off or the filter is empty."""
+    safety = SafetyFilter.from_settings(settings)
+    if not settings.exclude_from_training or not safety.active:
+        return None
+    return safety.blocks
 
 
 class StreamGuard:

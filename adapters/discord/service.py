@@ -35,6 +35,7 @@ from bot.queue import ParleyClient
 from bot.ratelimit import RateLimiter
 from bot.redis import Redis
 from bot.registry import ModelRegistry
+from bot.safety import SafetyFilter
 from bot.settings import DiscordSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ async def serve(
     async with ParleyClient(redis, settings.redis, adapter_id) as queue:
         timeout_s = config.reply_timeout_s
         replies = Replies(
-            queue, adapter_id=adapter_id, timeout_s=timeout_s, metrics=adapter_metrics()
+            queue,
+            adapter_id=adapter_id,
+            timeout_s=timeout_s,
+            metrics=adapter_metrics(),
+            safety=SafetyFilter.from_settings(settings.safety),
         )
         registry = ModelRegistry.from_settings(settings)
         on_retrain, on_rollback = model_admin.callbacks(settings, redis, registry)

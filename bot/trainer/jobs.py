@@ -33,6 +33,7 @@ from bot.archive import AsyncArchive, ExportStats
 from bot.errors import ParleyError, QueueError, WireError
 from bot.redis import Redis
 from bot.registry import ModelRegistry
+from bot.safety import training_exclusion
 from bot.settings import Settings
 from bot.store import ConversationStore
 from bot.trainer.spec import MODEL_DIR, RetrainSpec, write_spec
@@ -144,6 +145,7 @@ class RetrainJobs:
                 bot_replies=learning.bot_replies,
                 good_reply_weight=learning.good_reply_weight,
                 exclude_users=opted_out,
+                exclude_text=training_exclusion(self.settings.safety),
             )
         )
         if not stats.conversations and not learning.corpora:

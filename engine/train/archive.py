@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bot.archive import open_archive
 from bot.errors import DataError
+from bot.safety import training_exclusion
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def export_archive(settings: Settings, run_dir: Path, opted_out: list[str]) -> P
             bot_replies=settings.learning.bot_replies,
             good_reply_weight=settings.learning.good_reply_weight,
             exclude_users=opted_out,
+            exclude_text=training_exclusion(settings.safety),
         )
     if not stats.conversations:
         raise DataError(str(settings.archive_file), None, "the archive holds no conversations")

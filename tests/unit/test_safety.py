@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.archive import Archive
 from bot.errors import ConfigError
-from bot.safety import SafetyFilter, StreamGuard, load_classifier
+from bot.safety import SafetyFilter, StreamGuard, load_classifier, training_exclusion
 from bot.settings import SafetySettings
+from bot.wire import Exchange
 
 BLOCKED = ("darn", "heck no")
 
@@ -75,3 +79,32 @@ def test_streamed_text_never_shows_a_blocked_word(pieces: list[str], cuts: list[
                 assert set(visible[start : min(end, len(visible))]) == {"*"}
         shown = visible
     assert guard.final(text).text.startswith(shown) or guard.final(text).blocked
+
+
+def test_exclude_from_training_keeps_matching_messages_out_of_the_export(tmp_path: Path) -> None:
+    settings = SafetySettings(blocklist=["darn"])
+    assert training_exclusion(SafetySettings()) is None  # an empty filter excludes nothing
+    assert training_exclusion(settings.model_copy(update={"exclude_from_training": False})) is None
+    exclude = training_exclusion(settings)
+    assert exclude is not None
+    with Archive(tmp_path / "archive.sqlite3") as archive:
+        archive.add_exchanges(
+            [
+                Exchange(
+                    request_id=f"r{n}",
+                    conversation="web:c:u",
+                    platform="web",
+                    user="u",
+                    prompt=prompt,
+                    reply="ok",
+                    model_version="v0001",
+                    created_ms=1_700_000_000_000 + n * 1000,
+                )
+                for n, prompt in enumerate(["hello there", "darn this", "bye now"])
+            ]
+        )
+        kept = archive.export(tmp_path / "all.jsonl")
+        filtered = archive.export(tmp_path / "filtered.jsonl", exclude_text=exclude)
+    assert kept.messages == 3 and filtered.messages == 2
+    text = (tmp_path / "filtered.jsonl").read_text()
+    assert "darn" not in text and "hello there" in text and "bye now" in text
