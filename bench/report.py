@@ -186,7 +186,11 @@ ENGINE_MODELS = {"gru": "GRU preset", "transformer": "Transformer preset"}
 
 
 def render_engine(name: str, r: dict[str, Any]) -> list[str]:
-    """bench/serving.py's throughput section: each dtype paired with itself."""
+    """bench/serving.py's sections: throughput (each dtype paired with itself), follow-ups,
+    end to end; a section the run skipped is left out."""
+    extra = render_followup(r) + render_e2e(r) + render_notes(r)
+    if not any(f"{key}_throughput_ratio_fp32" in r for key in ENGINE_MODELS):
+        return [f"**Engine** — `python -m bench.serving` ({describe_run(name, r)}).", *extra]
     lines = [
         f"**Engine vs plain loops** — `python -m bench.serving` ({describe_run(name, r)}). "
         f"{r.get('transformer_concurrency', 64)} conversations through the scheduler against, "
@@ -224,7 +228,7 @@ def render_engine(name: str, r: dict[str, Any]) -> list[str]:
             'engine picks (`engine.dtype = "auto"`); each side at its best of the thread '
             "counts tried (all 1..cores unless `--threads` fixed one).",
         ]
-    return lines + render_followup(r) + render_e2e(r) + render_notes(r)
+    return lines + extra
 
 
 def render_notes(r: dict[str, Any]) -> list[str]:
