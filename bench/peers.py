@@ -57,6 +57,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+# `python bench/X.py` puts bench/ first on sys.path; the repository root belongs there, so
+# `bench`, `bot` and `engine` import as they do under `python -m bench.X`.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry

@@ -24,7 +24,7 @@ fastest), as ``timeit`` does:
   the deserialising counted). Each is the fastest of ``ttft_repeats``, from the request's
   arrival to its first token. ``followup_ttft_ratio`` (``..._gpt``): cached over recomputed
   at 2,000 characters.
-- ``queue_p50_ms``, ``queue_p99_ms``, ``queue_msgs_per_s``: ``bench.queue``'s measurement
+- ``queue_p50_ms``, ``queue_p99_ms``, ``queue_msgs_per_s``: ``bench.queue_overhead``'s measurement
   (stub engine in its own process: adapter XADD -> engine -> reply stream -> adapter).
 - ``e2e_fraction``: tokens/s of 64 concurrent users chatting through the web adapter
   (HTTP + SSE), Redis and an engine worker in its own process, over the best bare
@@ -47,11 +47,12 @@ else an embedded server.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-if __name__ == "__main__" and not __package__:
-    # As a file, this folder comes first on sys.path and bench/queue.py would shadow the
-    # standard library's `queue`: say how to run it instead of failing on an import.
-    sys.exit("run it as a module, from the repository root: python -m bench.serving [--quick]")
+# `python bench/serving.py` puts bench/ first on sys.path; the repository root belongs there,
+# so `bench`, `bot` and `engine` import as they do under `python -m bench.serving`.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
 import asyncio
@@ -77,7 +78,7 @@ import torch
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from bench import queue as queue_bench
+from bench import queue_overhead as queue_bench
 from bot import keys
 from bot.queue import Delivery, RequestConsumer
 from bot.redis import connect
@@ -502,7 +503,7 @@ def followup(
     return out
 
 
-# -- queue overhead (bench.queue's measurement) ---------------------------------------------------
+# -- queue overhead (bench.queue_overhead's measurement) ---------------------------------------
 
 
 def queue_figures(redis_url: str | None, sizes: Sizes) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python bench/train.py` puts bench/ first on sys.path, where a sibling benchmark such as
-# bench/queue.py would shadow the standard library; the repository root belongs there.
+# `python bench/train.py` puts bench/ first on sys.path; the repository root belongs there
+# (so `engine` and `bench` import, and no sibling script shadows a module).
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 

@@ -8,29 +8,23 @@ routing. Prints one JSON object:
 - ``queue_msgs_per_s``: requests answered per second with ``--concurrency`` in flight;
 - ``ping_p50_ms``: a raw PING round trip on the same connection, the floor to compare with.
 
-Usage: ``python -m bench.queue [--redis-url URL | --embedded] [--requests N] [--concurrency C]``.
+Usage: ``python -m bench.queue_overhead [--redis-url URL | --embedded] [--requests N]
+[--concurrency C]``.
 Without either it uses database 8 of the Redis on 127.0.0.1:6379 when that answers, else an
 embedded server. It deletes only the keys it creates.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __name__ == "__main__" and not __package__:
-    # Run as a file, this folder would shadow the standard library's `queue`: run as a module.
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-    os.execv(sys.executable, [sys.executable, "-m", "bench.queue", *sys.argv[1:]])
-
 import argparse
 import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
