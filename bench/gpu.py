@@ -33,15 +33,13 @@ from typing import Any
 
 import torch
 
+from bench.baselines import char_rnn_loop, loop_tokens_per_s, nanogpt_generate
 from bench.serving import (
     PLAIN,
     Sizes,
     bench_checkpoint,
-    char_rnn_loop,
     engine_tokens_per_s,
     followup_ttft_ms,
-    loop_tokens_per_s,
-    nanogpt_generate,
     scheduler_for,
 )
 from bench.train import Loop, matmul_peak, parley_step, reference_step
