@@ -35,7 +35,13 @@ class AdapterMetrics:
     (``busy``; ``unavailable``, which includes no reply in time; ``bad_request``; ``internal``)."""
     blocked: Counter
     """``parley_adapter_replies_filtered_total{adapter, reason}``: replies the safety filter
-    changed (reason ``blocklist`` or ``classifier``)."""
+    blocked (reason ``blocklist`` or ``classifier``; under ``regenerate``, each blocked attempt)."""
+    regenerated: Counter
+    """``parley_adapter_replies_regenerated_total{adapter}``: new replies asked for because the
+    safety filter blocked one (its ``regenerate`` action)."""
+    regenerate_fallbacks: Counter
+    """``parley_adapter_regenerate_fallbacks_total{adapter, reason}``: replies that became the
+    replacement after regenerating: every new reply was ``blocked`` too, or asking ``failed``."""
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> AdapterMetrics:
@@ -68,7 +74,19 @@ class AdapterMetrics:
             ),
             blocked=Counter(
                 "parley_adapter_replies_filtered_total",
-                "Replies the safety filter masked or replaced, by reason.",
+                "Replies the safety filter blocked, by reason.",
+                ("adapter", "reason"),
+                registry=registry,
+            ),
+            regenerated=Counter(
+                "parley_adapter_replies_regenerated_total",
+                "New replies asked for because the safety filter blocked one.",
+                ("adapter",),
+                registry=registry,
+            ),
+            regenerate_fallbacks=Counter(
+                "parley_adapter_regenerate_fallbacks_total",
+                "Replies that became the safety replacement after regenerating, by reason.",
                 ("adapter", "reason"),
                 registry=registry,
             ),

@@ -5,6 +5,14 @@ and exactly one final ``Done`` or ``Error``: it never raises for a failed reply 
 a timeout, Redis failing all become a final :class:`~bot.wire.Error` with a message for
 users), and it records the outcome in the adapter metrics with one log line per request.
 The web page, the OpenAI API, Discord and Telegram all reply through it.
+
+With a safety filter (:mod:`bot.safety`) it passes on only text the filter lets through. Under
+its ``regenerate`` action a blocked reply is asked for again (:func:`bot.safety.regeneration`)
+up to ``regenerate_attempts`` times: only the first attempt streams (what the guard releases),
+a later attempt's text arrives whole in the final ``Done`` (which replaces what was shown: the
+pump edits the platform message, the page its bubble), and the replacement is sent only if
+every attempt is blocked or asking again fails. The caller sees one reply to its request: every
+event carries the request's own id, numbered on from the last one it was given.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ import msgspec
 
 from adapters.metrics import AdapterMetrics
 from bot.errors import ParleyError
-from bot.safety import SafetyFilter, StreamGuard
-from bot.wire import Delta, Done, Error, ErrorCode, ReplyEvent, Request
+from bot.safety import SafetyFilter, StreamGuard, Verdict, regeneration
+from bot.wire import ChatRequest, Delta, Done, Error, ErrorCode, ReplyEvent, Request
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +80,21 @@ class Replies:
         self._safety = safety if safety is not None and safety.active else None
 
     async def events(
-        self, request: Request, *, timeout_s: float | None = None
+        self, request: Request, *, timeout_s: float | None = None, retractable: bool = True
     ) -> AsyncGenerator[ReplyEvent, None]:
         """The request's ``Delta`` events, then exactly one ``Done`` or ``Error``; with a safety
-        filter, only text it lets through (:mod:`bot.safety`)."""
-        if self._safety is None:
+        filter, only text it lets through (:mod:`bot.safety`).
+
+        ``retractable``: whether the caller can replace text it has shown (a platform message
+        it edits, the page's bubble). One that cannot (an OpenAI-style stream) is streamed
+        nothing under the ``regenerate`` action: it gets the passed reply whole, at the end."""
+        safety = self._safety
+        if safety is None:
             raw = self._events(request, timeout_s=timeout_s)
+        elif safety.action == "regenerate" and isinstance(request, ChatRequest):
+            raw = self._regenerating(request, safety, timeout_s=timeout_s, stream=retractable)
         else:
-            raw = self._filtered(self._events(request, timeout_s=timeout_s), self._safety)
+            raw = self._filtered(self._events(request, timeout_s=timeout_s), safety)
         async with aclosing(raw) as events:
             async for event in events:
                 yield event
@@ -88,26 +103,73 @@ class Replies:
         self, events: AsyncGenerator[ReplyEvent, None], safety: SafetyFilter
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Deltas of the text the guard releases; the final text as the filter judges it."""
-        guard = StreamGuard(safety)
-        text, shown = "", ""
+        guard = _Released(StreamGuard(safety))
         async with aclosing(events) as stream:
             async for event in stream:
                 if isinstance(event, Delta):
-                    text += event.text
-                    visible = guard.visible(text)
-                    if len(visible) > len(shown):
-                        yield msgspec.structs.replace(event, text=visible[len(shown) :])
-                        shown = visible
+                    released = guard.add(event.text)
+                    if released:
+                        yield msgspec.structs.replace(event, text=released)
                     continue
                 if isinstance(event, Done):
-                    verdict = guard.final(event.text)
+                    verdict = self._judge(event, safety)
                     if verdict.blocked:
-                        reasons = ", ".join(verdict.reasons)
-                        for reason in verdict.reasons:
-                            self._metrics.blocked.labels(self.adapter_id, reason).inc()
-                        log.info("request %s: reply filtered (%s)", event.request_id, reasons)
                         event = msgspec.structs.replace(event, text=verdict.text)
                 yield event
+
+    async def _regenerating(
+        self, request: ChatRequest, safety: SafetyFilter, *, timeout_s: float | None, stream: bool
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """The first reply the filter passes: the request's own, else a regeneration's (up to
+        ``regenerate_attempts``), else the replacement. Only the first attempt streams, and
+        only to a caller that can take the text back; every event is renumbered as the
+        request's own."""
+        seq = 0
+        blocked: Done | None = None
+        for attempt in range(safety.regenerate_attempts + 1):
+            asked = request if attempt == 0 else regeneration(request, attempt)
+            guard = _Released(StreamGuard(safety))
+            final: Done | Error | None = None
+            async with aclosing(self._events(asked, timeout_s=timeout_s)) as events:
+                async for event in events:
+                    if not isinstance(event, Delta):
+                        final = event
+                    elif attempt == 0 and stream and (released := guard.add(event.text)):
+                        yield _as_request(event, request, seq, text=released)
+                        seq += 1
+            if isinstance(final, Error) and blocked is None:
+                yield _as_request(final, request, seq)  # the request itself failed
+                return
+            if isinstance(final, Done) and not self._judge(final, safety).blocked:
+                yield _as_request(final, request, seq)
+                return
+            if isinstance(final, Done):
+                blocked = final
+                if attempt < safety.regenerate_attempts:
+                    self._metrics.regenerated.labels(self.adapter_id).inc()
+                    log.info(
+                        "request %s: regenerating the blocked reply (%d of %d)",
+                        request.id,
+                        attempt + 1,
+                        safety.regenerate_attempts,
+                    )
+                continue
+            log.warning("request %s: regenerating failed; sending the replacement", request.id)
+            break
+        assert blocked is not None
+        reason = "failed" if isinstance(final, Error) else "blocked"
+        self._metrics.regenerate_fallbacks.labels(self.adapter_id, reason).inc()
+        yield _as_request(blocked, request, seq, text=safety.replacement)
+
+    def _judge(self, done: Done, safety: SafetyFilter) -> Verdict:
+        """The filter's verdict on a whole reply; a blocked one is counted and logged (its
+        reasons, never its text)."""
+        verdict = safety.check(done.text)
+        if verdict.blocked:
+            for reason in verdict.reasons:
+                self._metrics.blocked.labels(self.adapter_id, reason).inc()
+            log.info("request %s: reply filtered (%s)", done.request_id, ", ".join(verdict.reasons))
+        return verdict
 
     async def _events(
         self, request: Request, *, timeout_s: float | None = None
@@ -162,6 +224,32 @@ class Replies:
     @staticmethod
     def _error(request: Request, seq: int, code: ErrorCode, message: str) -> Error:
         return Error(request_id=request.id, seq=seq + 1, code=code, message=message)
+
+
+class _Released:
+    """A streaming reply's text and how much of it the guard has released."""
+
+    def __init__(self, guard: StreamGuard) -> None:
+        self.guard = guard
+        self.text = ""
+        self.shown = ""
+
+    def add(self, delta: str) -> str:
+        """Take the next piece of text; returns what it newly releases (often nothing)."""
+        self.text += delta
+        visible = self.guard.visible(self.text)
+        if len(visible) <= len(self.shown):
+            return ""
+        released, self.shown = visible[len(self.shown) :], visible
+        return released
+
+
+_E = TypeVar("_E", Delta, Done, Error)
+
+
+def _as_request(event: _E, request: ChatRequest, seq: int, **changes: str) -> _E:
+    """``event`` (of the request or of one of its regenerations) as the request's own."""
+    return msgspec.structs.replace(event, request_id=request.id, seq=seq, **changes)
 
 
 UNAVAILABLE_MESSAGE = "The bot is not available right now. Please try again later."

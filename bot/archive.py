@@ -10,9 +10,14 @@ One row per message (a logged exchange is two: the user's message and the bot's 
              model_version, feedback, source)      UNIQUE (request_id, role)
 
 The unique key makes archiving idempotent: a log entry delivered twice (a trainer crashed
-between committing and acknowledging it) is stored once. ``consent`` holds the users who
-opted out (their messages are neither archived nor exported); ``pending_feedback`` holds
-reactions to replies not archived yet, applied when the reply arrives.
+between committing and acknowledging it) is stored once. A regenerated exchange (the
+safety filter blocked a reply and the engine answered the same message again,
+``Exchange.regenerates``) is stored under the original request's id and its reply *replaces*
+the blocked one (feedback kept: the user only ever saw the regenerated reply), so a blocked
+reply the user never saw is not left behind as training data, and the user's message is
+stored once. ``consent`` holds the users who opted out (their messages are neither archived
+nor exported); ``pending_feedback`` holds reactions to replies not archived yet, applied when
+the reply arrives.
 
 The database runs in WAL mode, so ``parley archive stats`` can read while the trainer writes.
 Text is stored as given; the exporter does not clean it (the trainer's formatting does).
@@ -94,6 +99,9 @@ class ArchivedMessage:
     created_ms: int
     model_version: str = ""
     source: str = "log"
+    replaces: bool = False
+    """A regenerated reply: it takes the place of the reply already archived for its request
+    id (a blocked one) instead of being skipped as a duplicate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +134,11 @@ def chat_of(conversation: str, platform: str) -> str:
 
 
 def exchange_messages(exchange: Exchange) -> tuple[ArchivedMessage, ArchivedMessage]:
-    """The user's message and the bot's reply of one logged exchange."""
+    """The user's message and the bot's reply of one logged exchange (of a regenerated
+    exchange: under the original request's id, the reply replacing the blocked one)."""
     chat = chat_of(exchange.conversation, exchange.platform)
-    common = {
-        "request_id": exchange.request_id,
+    common: dict[str, Any] = {
+        "request_id": exchange.regenerates or exchange.request_id,
         "platform": exchange.platform,
         "chat": chat,
         "user": exchange.user,
@@ -141,9 +150,26 @@ def exchange_messages(exchange: Exchange) -> tuple[ArchivedMessage, ArchivedMess
     )
     # The reply is stamped a millisecond later so it sorts after the message it answers.
     answered = ArchivedMessage(
-        role="bot", text=exchange.reply, created_ms=exchange.created_ms + 1, **common
+        role="bot",
+        text=exchange.reply,
+        created_ms=exchange.created_ms + 1,
+        replaces=bool(exchange.regenerates),
+        **common,
     )
     return asked, answered
+
+
+_INSERT_MESSAGE = (
+    "INSERT OR IGNORE INTO messages (request_id, role, platform, chat, user, "
+    "conversation, text, created_ms, model_version, source) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_REPLACE_MESSAGE = (
+    _INSERT_MESSAGE.replace("INSERT OR IGNORE", "INSERT")
+    + " ON CONFLICT (request_id, role) DO UPDATE SET text = excluded.text, "
+    "model_version = excluded.model_version"
+)
+"""A regenerated reply: the blocked reply's row takes its text (and keeps its feedback)."""
 
 
 def _now_ms() -> int:
@@ -205,14 +231,13 @@ class Archive:
 
     def add(self, messages: Iterable[ArchivedMessage]) -> int:
         """Archive ``messages`` in one transaction, skipping any already there (same request
-        id and role) and any of an opted-out user; returns how many were new."""
+        id and role; a message that ``replaces`` takes its place instead) and any of an
+        opted-out user; returns how many were new or replaced."""
         opted_out = self.opted_out()
         rows = [m for m in messages if m.user not in opted_out]
         statements: list[tuple[str, Sequence[object]]] = [
             (
-                "INSERT OR IGNORE INTO messages (request_id, role, platform, chat, user, "
-                "conversation, text, created_ms, model_version, source) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _REPLACE_MESSAGE if m.replaces else _INSERT_MESSAGE,
                 (
                     m.request_id,
                     m.role,

@@ -6,9 +6,15 @@ patterns, and optionally a classifier hook (``"package.module:function"``, calle
 reply's text, returning true to block). What happens to a reply that matches is ``action``:
 
 - ``mask``: each match is replaced by asterisks of its length;
-- ``replace``: the whole reply becomes ``replacement``.
+- ``replace``: the whole reply becomes ``replacement``;
+- ``regenerate``: the engine is asked for a new reply to the same message
+  (:func:`regeneration`: a derived request id, another seed, ``ChatRequest.regenerates``), up
+  to ``regenerate_attempts`` times; the first that passes is the reply, and only if every one
+  is blocked too does the reply become ``replacement``. The engine replaces the blocked
+  exchange in the stored history (and the archive replaces the blocked reply), and the new
+  prompt does not contain it.
 
-A classifier's verdict is always ``replace`` (it judges whole replies, not spans).
+A classifier's verdict is never ``mask`` (it judges whole replies, not spans).
 
 :class:`SafetyFilter` judges whole texts. :class:`StreamGuard` sits on a streaming reply: it
 releases only the part of the text that can no longer become a match (it holds back the
@@ -18,6 +24,7 @@ blocked word never appears even briefly — not in a half-written edit either.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import re
@@ -26,12 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
+
 from bot.errors import ConfigError
 from bot.settings import SafetySettings
+from bot.wire import ChatRequest
 
 log = logging.getLogger(__name__)
 
-Action = Literal["mask", "replace"]
+Action = Literal["mask", "replace", "regenerate"]
 Classifier = Callable[[str], bool]
 
 MASK_CHAR = "*"
@@ -87,6 +97,7 @@ class SafetyFilter:
         action: Action = "mask",
         replacement: str = "I'd rather not say that.",
         classifier: Classifier | None = None,
+        regenerate_attempts: int = 2,
     ) -> None:
         words = sorted({_fold(w.strip()) for w in blocklist if w.strip()}, key=len, reverse=True)
         parts = [rf"(?<!\w){re.escape(w)}(?!\w)" for w in words]
@@ -100,6 +111,7 @@ class SafetyFilter:
         self.action: Action = action
         self.replacement = replacement
         self.classifier = classifier
+        self.regenerate_attempts = regenerate_attempts
         self.holdback_chars = max((len(w) for w in words), default=0) + (
             PATTERN_HOLDBACK_CHARS if patterns else 0
         )
@@ -113,6 +125,7 @@ class SafetyFilter:
             action=settings.action,
             replacement=settings.replacement,
             classifier=load_classifier(settings.classifier) if settings.classifier else None,
+            regenerate_attempts=settings.regenerate_attempts,
         )
 
     @property
@@ -133,7 +146,8 @@ class SafetyFilter:
         return "".join(chars)
 
     def check(self, text: str) -> Verdict:
-        """Judge a whole reply."""
+        """Judge a whole reply (blocked under ``regenerate``: the text is the replacement, what
+        the reply becomes if no new one passes)."""
         reasons: list[str] = []
         if self.spans(text):
             reasons.append("blocklist")
@@ -156,6 +170,33 @@ class SafetyFilter:
         except Exception:  # a broken hook must not let text through unchecked
             log.exception("the safety classifier failed; treating the reply as blocked")
             return True
+
+
+SEED_BITS = 31
+
+
+def regeneration_seed(request: ChatRequest, attempt: int) -> int:
+    """The seed of ``request``'s ``attempt``-th regeneration (1, 2, …): derived from its own
+    seed when it has one (so a seeded request regenerates the same way every time), else from
+    its id; different from the request's seed and from every other attempt's."""
+    base = str(request.sampling.seed) if request.sampling.seed is not None else request.id
+    digest = hashlib.sha256(f"{base}:regenerate:{attempt}".encode()).digest()
+    seed = int.from_bytes(digest[:8], "big") % (1 << SEED_BITS)
+    return seed + 1 if seed == request.sampling.seed else seed
+
+
+def regeneration(request: ChatRequest, attempt: int) -> ChatRequest:
+    """The request that asks again for a reply to ``request``'s message, its reply having
+    been blocked: id ``<id>~regen<attempt>`` (never the id of a platform message, which are
+    claimed once), another seed, and ``regenerates`` naming the original request (also for
+    the second and later attempts: the stored exchange is keyed by the message it answers)."""
+    if attempt < 1:
+        raise ValueError(f"a regeneration attempt counts from 1, not {attempt}")
+    original = request.answers
+    sampling = msgspec.structs.replace(request.sampling, seed=regeneration_seed(request, attempt))
+    return msgspec.structs.replace(
+        request, id=f"{original}~regen{attempt}", sampling=sampling, regenerates=original
+    )
 
 
 def training_exclusion(settings: SafetySettings) -> Callable[[str], bool] | None:

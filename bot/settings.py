@@ -234,7 +234,12 @@ class SafetySettings(_Section):
     """Words and phrases, matched whole-word and case-insensitively."""
     patterns: list[str] = []
     """Regular expressions (Python syntax)."""
-    action: Literal["mask", "replace"] = "mask"
+    action: Literal["mask", "replace", "regenerate"] = "mask"
+    """What a blocked reply becomes: ``mask`` (matches starred out), ``replace`` (the whole
+    reply is ``replacement``), ``regenerate`` (a new reply to the same message, with another
+    seed; ``replacement`` once ``regenerate_attempts`` new replies were blocked too)."""
+    regenerate_attempts: int = Field(2, ge=1, le=5)
+    """``regenerate``: how many new replies to ask for before falling back to ``replacement``."""
     replacement: str = "I'd rather not say that."
     classifier: str | None = None
     """Optional hook ``"package.module:function"``: called with a reply, true blocks it."""

@@ -10,13 +10,18 @@ caller's pipeline (:meth:`ConversationStore.append_exchange`, :meth:`Conversatio
 so they commit in the reply's own transaction: a crash never leaves a stored exchange whose
 request is then answered again. Everything else runs its own round trip and translates Redis
 failures into :class:`~bot.errors.QueueError`.
+
+Each stored turn carries the id of the message it belongs to, so a regenerated reply (the
+safety filter's ``regenerate`` action) replaces the blocked exchange: :meth:`Stored.without`
+leaves it out of the prompt, and :meth:`ConversationStore.append_exchange` removes it in the
+reply's transaction.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -35,10 +40,24 @@ HISTORY_MAX_TURNS = 200
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """What the store holds for one conversation: its turns, and its spilled state if any."""
+    """What the store holds for one conversation: its turns, and its spilled state if any.
+
+    ``entries`` are the turns as stored (with the id of the message each belongs to); two
+    ``Stored`` compare by history and state alone."""
 
     history: tuple[Turn, ...]
     spilled: bytes | None
+    entries: tuple[tuple[bytes, wire.StoredTurn], ...] = field(default=(), compare=False)
+
+    def without(self, request_id: str) -> tuple[tuple[Turn, ...], tuple[bytes, ...]]:
+        """The history less the turns of ``request_id``'s exchange (a blocked reply being
+        regenerated), and those turns as stored (for :meth:`ConversationStore.append_exchange`
+        to remove). Nothing is left out when no stored turn carries that id."""
+        gone = tuple(raw for raw, turn in self.entries if turn.request_id == request_id)
+        if not request_id or not gone:
+            return self.history, ()
+        kept = tuple(turn.turn for _, turn in self.entries if turn.request_id != request_id)
+        return kept, gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +73,21 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def decode_history(stored: Sequence[bytes] | None) -> tuple[Turn, ...]:
-    """Stored turns, decoded; an unreadable turn is logged and dropped, not fatal."""
-    turns = []
+def decode_entries(stored: Sequence[bytes] | None) -> tuple[tuple[bytes, wire.StoredTurn], ...]:
+    """Stored turns, decoded, each beside its bytes; an unreadable turn is logged and dropped,
+    not fatal."""
+    entries = []
     for raw in stored or ():
         try:
-            turns.append(wire.decode_turn(raw))
+            entries.append((raw, wire.decode_stored_turn(raw)))
         except WireError:
             log.warning("dropping an unreadable stored turn")
-    return tuple(turns)
+    return tuple(entries)
+
+
+def decode_history(stored: Sequence[bytes] | None) -> tuple[Turn, ...]:
+    """Stored turns, decoded; an unreadable turn is logged and dropped, not fatal."""
+    return tuple(turn.turn for _, turn in decode_entries(stored))
 
 
 class ConversationStore:
@@ -94,24 +119,42 @@ class ConversationStore:
             pipe.lrange(keys.history(conv), 0, -1)
             pipe.get(keys.state(conv))
         results = await self._run(pipe, f"read {len(conversations)} conversation(s)")
-        return {
-            conv: Stored(decode_history(results[2 * i]), results[2 * i + 1])
-            for i, conv in enumerate(conversations)
-        }
+        stored = {}
+        for i, conv in enumerate(conversations):
+            entries = decode_entries(results[2 * i])
+            history = tuple(turn.turn for _, turn in entries)
+            stored[conv] = Stored(history, results[2 * i + 1], entries)
+        return stored
 
     # -- writes that ride in the caller's transaction ----------------------------------
 
     def append_exchange(
-        self, pipe: Pipeline, conversation: str, user: str, user_turn: Turn, bot_turn: Turn
+        self,
+        pipe: Pipeline,
+        conversation: str,
+        user: str,
+        user_turn: Turn,
+        bot_turn: Turn,
+        *,
+        request_id: str = "",
+        replaces: Sequence[bytes] = (),
     ) -> None:
-        """Queue into ``pipe`` one exchange of ``conversation``: both turns, the history's
-        trim and expiry, and ``user``'s index entry (for ``/forget``; skipped when empty)."""
+        """Queue into ``pipe`` one exchange of ``conversation``: both turns (tagged with
+        ``request_id``, the message they answer), the history's trim and expiry, and
+        ``user``'s index entry (for ``/forget``; skipped when empty). The stored turns in
+        ``replaces`` (:meth:`Stored.without`: a blocked exchange this one regenerates) are
+        removed first, wherever they are; ones already gone are no error."""
         if user:
             index = keys.user_conversations(user)
             pipe.sadd(index, conversation)
             pipe.expire(index, self.ttl_s)
         key = keys.history(conversation)
-        pipe.rpush(key, wire.encode_turn(user_turn), wire.encode_turn(bot_turn))
+        for raw in replaces:
+            # Unique: a stored turn carries its role and the id of the message it belongs to.
+            pipe.lrem(key, -1, raw)  # type: ignore[arg-type]  # (bytes, as stored)
+        pipe.rpush(
+            key, wire.encode_turn(user_turn, request_id), wire.encode_turn(bot_turn, request_id)
+        )
         pipe.ltrim(key, -self.history_max_turns, -1)
         pipe.expire(key, self.ttl_s)
 

@@ -55,6 +55,12 @@ class ChatRequest(_Message, frozen=True, tag="chat"):
     the reply stream of adapter instance ``reply_to``. ``history``, when given, is the
     whole conversation before ``text`` as the client sees it (the OpenAI API sends it);
     when ``None`` the engine uses the conversation's stored history.
+
+    ``regenerates`` names the request whose reply the safety filter blocked (its
+    ``regenerate`` action, :mod:`bot.safety`): this request asks again for a reply to that
+    same message, and the engine leaves that request's stored exchange out of the prompt
+    and replaces it with this one's instead of appending. An engine that predates the
+    field ignores it and appends.
     """
 
     id: str
@@ -66,6 +72,13 @@ class ChatRequest(_Message, frozen=True, tag="chat"):
     sampling: Sampling = Sampling()
     history: tuple[Turn, ...] | None = None
     created_ms: int = 0
+    regenerates: str = ""
+
+    @property
+    def answers(self) -> str:
+        """The id of the user's message this request answers: its own, or for a regeneration
+        the original request's (what the stored turns and the archive's rows are keyed by)."""
+        return self.regenerates or self.id
 
 
 ControlCommand = Literal["reset", "forget"]
@@ -136,7 +149,11 @@ ReplyEvent = Delta | Done | Error
 
 
 class Exchange(_Message, frozen=True, tag="exchange"):
-    """One answered message, appended to the conversation log for the trainer."""
+    """One answered message, appended to the conversation log for the trainer.
+
+    ``regenerates``: this exchange answers again the message of that request, whose reply
+    the safety filter blocked; the archive keeps this reply in its place
+    (:meth:`bot.archive.Archive.add_exchanges`)."""
 
     request_id: str
     conversation: str
@@ -146,6 +163,7 @@ class Exchange(_Message, frozen=True, tag="exchange"):
     reply: str
     model_version: str
     created_ms: int
+    regenerates: str = ""
 
 
 # --- The trainer service (bot/trainer) -------------------------------------------------------
@@ -365,12 +383,37 @@ def is_final(event: ReplyEvent) -> bool:
     return not isinstance(event, Delta)
 
 
+class StoredTurn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A turn as the conversation store keeps it: a :class:`Turn`'s fields, and the id of
+    the message whose exchange it belongs to (``ChatRequest.answers``; empty in turns stored
+    before the field existed), so a regenerated reply can replace its exchange. Encoded with
+    an empty id it is byte for byte a :class:`Turn`, and a :class:`Turn` decoder reads it."""
+
+    role: Role
+    text: str
+    request_id: str = ""
+
+    @property
+    def turn(self) -> Turn:
+        return Turn(self.role, self.text)
+
+
 _turn_decoder = msgspec.msgpack.Decoder(Turn)
+_stored_turn_decoder = msgspec.msgpack.Decoder(StoredTurn)
 
 
-def encode_turn(turn: Turn) -> bytes:
-    """Encode one stored conversation turn (the history lists in Redis hold these)."""
-    return _encoder.encode(turn)
+def encode_turn(turn: Turn, request_id: str = "") -> bytes:
+    """Encode one stored conversation turn (the history lists in Redis hold these), tagged
+    with the id of the message whose exchange it belongs to."""
+    return _encoder.encode(StoredTurn(turn.role, turn.text, request_id))
+
+
+def decode_stored_turn(data: bytes) -> StoredTurn:
+    """Decode a stored turn with its request id, or raise :class:`WireError`."""
+    try:
+        return _stored_turn_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise WireError(f"malformed stored turn: {e}") from e
 
 
 def decode_turn(data: bytes) -> Turn:

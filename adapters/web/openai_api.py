@@ -330,7 +330,10 @@ class OpenAIRoutes:
         log.debug("api completion %s for %s: %.80r", chat.id, chat.conversation, chat.text)
         completion = Completion(body.model)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        async with closing_iter(self.replies.events(chat)) as events:
+        # A stream cannot take text back: under the safety filter's regenerate action it is
+        # given a reply only once the filter has passed it.
+        events_of = self.replies.events(chat, retractable=not body.stream)
+        async with closing_iter(events_of) as events:
             first = await anext(events)
             if isinstance(first, Error):
                 raise ApiError(error_status(first), first.message, code=first.code)

@@ -49,6 +49,10 @@ class StoredExchange:
     prompt: Turn
     reply: Turn
     request_id: str = ""
+    answers: str = ""
+    """The message the exchange answers (``ChatRequest.answers``): its stored turns' tag."""
+    replaces: tuple[bytes, ...] = ()
+    """Stored turns it replaces (a regenerated reply's blocked exchange)."""
 
 
 @dataclass(slots=True)
@@ -98,7 +102,15 @@ class ReplyEvents:
                 b.items.append(self.finished(out))
                 req = out.work.request
                 asked, answered = Turn("user", req.text), Turn("bot", out.reply.text)
-                stored = StoredExchange(req.conversation, req.user, asked, answered, req.id)
+                stored = StoredExchange(
+                    req.conversation,
+                    req.user,
+                    asked,
+                    answered,
+                    req.id,
+                    answers=req.answers,
+                    replaces=out.work.replaces,
+                )
                 b.exchanges.append(stored)
                 b.finished.append(out.work.delivery)
                 b.replies.append(out)
@@ -180,6 +192,7 @@ class ReplyEvents:
             reply=r.text,
             model_version=r.model_version,
             created_ms=req.created_ms or int(time.time() * 1000),
+            regenerates=req.regenerates,
         )
         return Outgoing([done], req.reply_to, ack=out.work.delivery, exchange=exchange)
 

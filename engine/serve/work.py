@@ -27,6 +27,9 @@ class Work:
     """Model state spilled to Redis earlier, if any; the scheduler checks its version."""
     received_s: float = 0.0
     """``time.monotonic()`` when the worker read the request (queue time ends here)."""
+    replaces: tuple[bytes, ...] = ()
+    """Stored turns this reply's exchange replaces (a regeneration's blocked exchange, left
+    out of ``history``), as :meth:`bot.store.Stored.without` gave them."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ A request's path through the worker, one named step each::
     write     ReplyEvents.batch, then one transaction  -> reply events, log, history, acks
     release   Admission.release                        -> the conversation's next held request
 
+A regeneration (``ChatRequest.regenerates``: the safety filter blocked a reply and asks again)
+is prepared without the blocked exchange in its history, so its prompt never contains the
+blocked reply (and no cached state that consumed it matches), and its write replaces that
+exchange in the stored history instead of appending.
+
 Redis is reached only through ``bot/``: the queue (:class:`RequestConsumer`), the
 conversation store (:class:`ConversationStore`) and the heartbeats (:mod:`bot.engines`), all
 of which raise :class:`QueueError`. The torch thread never calls Redis and this loop never
@@ -155,8 +160,11 @@ class EngineWorker:
             req = d.request
             if isinstance(req, ChatRequest):
                 conv = stored[req.conversation]
-                history = req.history if req.history is not None else conv.history
-                items.append(Work(d, req, history, conv.spilled, received_s))
+                # A regeneration: the blocked exchange is neither prompt nor kept history.
+                history, replaces = conv.without(req.regenerates)
+                if req.history is not None:
+                    history = req.history
+                items.append(Work(d, req, history, conv.spilled, received_s, replaces))
             else:
                 items.append(Control(d, req))
         return items
@@ -204,7 +212,15 @@ class EngineWorker:
 
         def queue(pipe: Pipeline) -> None:
             for x in batch.exchanges:
-                self._store.append_exchange(pipe, x.conversation, x.user, x.prompt, x.reply)
+                self._store.append_exchange(
+                    pipe,
+                    x.conversation,
+                    x.user,
+                    x.prompt,
+                    x.reply,
+                    request_id=x.answers,
+                    replaces=x.replaces,
+                )
             for spill in batch.spills:
                 self._store.spill(pipe, spill.conversation, spill.data)
 
