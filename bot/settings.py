@@ -208,6 +208,27 @@ class EngineSettings(_Section):
     serves them on the web adapter's ``/metrics``)."""
 
 
+class ReplySettings(_Section):
+    """How the engine picks a reply (``[reply]``; :mod:`engine.serve.replies`)."""
+
+    mode: Literal["generate", "retrieve", "hybrid"] = "retrieve"
+    """``generate``: one sampled reply, streamed token by token. ``retrieve``: the best of
+    the ``k`` past replies (from the model's training conversations) whose preceding turn
+    best matches the message, sent whole once chosen; a generated reply, streamed, when
+    none matches. ``hybrid``: the best of ``n`` sampled replies (one batched step) and
+    those ``k``, sent whole once chosen. The default is what ``bench/quality.py`` found best."""
+    n: int = Field(4, ge=1, le=16)
+    """Sampled candidates in ``hybrid`` mode."""
+    k: int = Field(16, ge=1, le=64)
+    """Remembered candidates (``retrieve`` and ``hybrid``)."""
+    ranking: Literal["likelihood", "pmi"] = "pmi"
+    """The model's score of a candidate: its length-normalised log-likelihood given the
+    conversation (``likelihood``), or that minus its likelihood without the conversation
+    (``pmi``, which stops short generic lines winning everywhere)."""
+    repeat_penalty: float = Field(1.0, ge=0.0)
+    """Nats per token a candidate loses when it repeats one of the bot's last 3 lines."""
+
+
 class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -318,6 +339,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     sampling: SamplingSettings = SamplingSettings()
     engine: EngineSettings = EngineSettings()
+    reply: ReplySettings = ReplySettings()
     web: WebSettings = WebSettings()
     discord: DiscordSettings = DiscordSettings()
     telegram: TelegramSettings = TelegramSettings()

@@ -7,6 +7,8 @@ A checkpoint is a directory named after its version::
     tokenizer.json      see engine.tokenizer
     metrics.json        free-form, from the trainer (optional when loading)
     provenance.json     free-form, from the trainer (optional when loading)
+    replies.jsonl.gz    the training conversations, for remembered replies (optional;
+                        see engine.data.remembered)
 
 It is written into a temporary sibling directory and renamed into place, so a reader never
 sees half a checkpoint. Nothing is pickled.
@@ -20,6 +22,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +74,13 @@ def save_checkpoint(
     metrics: dict[str, Any],
     provenance: dict[str, Any],
     overwrite: bool = False,
+    extra_files: Sequence[Path] = (),
 ) -> Path:
     """Write a checkpoint to ``directory`` atomically and return its path.
 
     ``model`` may be wrapped by ``torch.compile`` or DDP. An existing ``directory`` is an
-    error unless ``overwrite``, in which case it is replaced.
+    error unless ``overwrite``, in which case it is replaced. ``extra_files`` are copied in
+    under their own names (the remembered replies, :mod:`engine.data.remembered`).
     """
     final = Path(directory)
     lm = _unwrap(model)
@@ -94,6 +99,8 @@ def save_checkpoint(
         tokenizer.save(tmp)
         _write_json(tmp / METRICS_FILE, metrics)
         _write_json(tmp / PROVENANCE_FILE, provenance)
+        for extra in extra_files:
+            shutil.copyfile(extra, tmp / extra.name)
         _fsync_files(tmp)
         _replace_dir(tmp, final)
     except BaseException:

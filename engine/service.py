@@ -17,11 +17,13 @@ import torch
 from bot.errors import ConfigError, ModelError
 from bot.queue import RequestConsumer, ShardLeases, cancel_and_wait
 from bot.registry import ModelRegistry, ModelVersion, SwapTo, follow_live
+from bot.safety import SafetyFilter
 from bot.settings import EngineSettings, Settings
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.hardware import cpu_has_native_bf16
 from engine.models import LanguageModel
 from engine.serve.batches import fastest, time_decode_steps
+from engine.serve.replies import ReplyPicker
 from engine.serve.scheduler import Scheduler
 from engine.serve.worker import EngineWorker
 
@@ -119,12 +121,15 @@ async def serve(
         str(decode or checkpoint.model.dtype).removeprefix("torch."),
     )
     worker_id = settings.engine.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    replies = ReplyPicker(settings.reply, SafetyFilter.from_settings(settings.safety))
+    await asyncio.to_thread(replies.prepare, checkpoint)  # the index, off the event loop
     scheduler = Scheduler(
         checkpoint,
         settings.engine,
         settings.sampling,
         device,
         decode_dtype=decode,
+        replies=replies,
     )
     consumer = RequestConsumer(redis, settings.redis, consumer=worker_id)
     worker = EngineWorker(settings, redis, consumer, scheduler, worker_id)
@@ -136,7 +141,9 @@ async def serve(
     # A fixed engine.model is not the registry's: no catching up with its live version.
     serving = checkpoint.version if settings.engine.model is None else None
     swaps = asyncio.create_task(
-        follow_live(registry, redis, _swapper(settings, scheduler, device), serving=serving),
+        follow_live(
+            registry, redis, _swapper(settings, scheduler, replies, device), serving=serving
+        ),
         name="swaps",
     )
     if ready is not None:
@@ -149,7 +156,9 @@ async def serve(
         await leasing
 
 
-def _swapper(settings: Settings, scheduler: Scheduler, device: torch.device) -> SwapTo:
+def _swapper(
+    settings: Settings, scheduler: Scheduler, replies: ReplyPicker, device: torch.device
+) -> SwapTo:
     """What :func:`bot.registry.follow_live` calls with a checked version: load it in the
     background (a checkpoint that does not load raises ModelError and nothing changes); the
     scheduler swaps between steps."""
@@ -158,6 +167,7 @@ def _swapper(settings: Settings, scheduler: Scheduler, device: torch.device) -> 
         checkpoint = await asyncio.to_thread(
             load_for_serving, version.path, device, settings.engine.dtype
         )
+        await asyncio.to_thread(replies.prepare, checkpoint)
         scheduler.swap(checkpoint)
         log.info("model %s loaded; swapping in between steps", version.version)
 

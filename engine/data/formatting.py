@@ -188,6 +188,18 @@ def conversation_turns(
     max_turn_chars: int | None = None,
 ) -> list[tuple[Role, str]]:
     """The conversation's turns with their positional roles (see the module docstring)."""
+    merged = authored_turns(conversation, include_bot=include_bot)
+    return [
+        ("user" if i % 2 == 0 else "bot", _cap(text, max_turn_chars))
+        for i, (_, text) in enumerate(merged)
+    ]
+
+
+def authored_turns(
+    conversation: Conversation, *, include_bot: bool = False
+) -> list[tuple[str, str]]:
+    """``(author, text)`` of each turn: the messages training keeps, cleaned, consecutive
+    ones by one author merged (the turns :func:`conversation_turns` gives roles to)."""
     merged: list[tuple[str, str]] = []  # (author, text)
     for message in conversation.messages:
         if message.author in conversation.opted_out_authors:
@@ -201,10 +213,7 @@ def conversation_turns(
             merged[-1] = (message.author, f"{merged[-1][1]}\n{text}")
         else:
             merged.append((message.author, text))
-    return [
-        ("user" if i % 2 == 0 else "bot", _cap(text, max_turn_chars))
-        for i, (_, text) in enumerate(merged)
-    ]
+    return merged
 
 
 def format_turns(turns: Iterable[tuple[Role, str]]) -> str:

@@ -97,6 +97,11 @@ class LanguageModel(nn.Module, ABC):
         """Most tokens the state holds (GPT: ``block_size``); ``None`` = unbounded (GRU)."""
 
     @abstractmethod
+    def repeat_state(self, state: State, n: int) -> State:
+        """``n`` rows, each continuing the one row of ``state`` (a :meth:`forward` state):
+        several continuations of one context, the context computed once."""
+
+    @abstractmethod
     def state_from_tensors(self, tensors: dict[str, Tensor]) -> SeqState:
         """Rebuild a ``SeqState`` from ``to_tensors()``; raises ``ModelError`` if it doesn't fit."""
 

@@ -114,6 +114,11 @@ class GRUModel(LanguageModel):
     def max_context(self) -> int | None:
         return None
 
+    def repeat_state(self, state: GRUState, n: int) -> GRUState:
+        if state.batch_size != 1:
+            raise ValueError(f"repeat_state takes a one-row state, not {state.batch_size} rows")
+        return GRUState(state.hidden.expand(-1, n, -1).contiguous(), state.lengths * n)  # (L, n, H)
+
     def state_from_tensors(self, tensors: dict[str, Tensor]) -> GRUSeqState:
         cfg = self.config
         hidden, length = tensors.get("hidden"), tensors.get("length")

@@ -141,36 +141,37 @@ def reply_loglik(
     ``prompt`` ends in ``<|bot|>`` (:meth:`SelectionExample.prompt`, or the engine's
     prompt); each candidate is scored with its ``<|eot|>`` (the model should also know
     the reply is complete there). The context keeps its latest ``max_context_tokens``,
-    fewer where context and reply would not fit in the model's context (a GPT's block
-    size). All candidates go through the model as one batch.
+    fewer where context and the longest candidate would not fit in the model's context (a
+    GPT's block size). The context goes through the model once; the candidates then
+    continue its state as one batch.
     """
     context = tokenizer.encode(prompt)
     if not context:
         raise ValueError("the prompt is empty")
+    if not candidates:
+        return []
     limit = model.max_context  # GPT: its block size; GRU: unbounded
     reply_cap = max_reply_tokens if limit is None else min(max_reply_tokens, limit - 1)
     replies = [_reply_ids(tokenizer, c, reply_cap) for c in candidates]
-    starts = [
-        min(len(context), max_context_tokens, *(() if limit is None else (limit - len(r),)))
-        for r in replies
-    ]
-    rows = [context[len(context) - s :] + r for s, r in zip(starts, replies, strict=True)]
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)  # (B, T)
-    for b, row in enumerate(rows):
-        tokens[b, : len(row)] = torch.tensor(row)
+    width = max(len(r) for r in replies)
+    keep = min(len(context), max_context_tokens, *(() if limit is None else (limit - width,)))
+    device = model.device
     was_training = model.training
     model.eval()
-    logits, _ = model(tokens.to(model.device))  # (B, T, V): padding on the right only
-    model.train(was_training)
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    scores = []
-    for b, (start, reply) in enumerate(zip(starts, replies, strict=True)):
-        # The reply's first token is predicted at the context's last position, start - 1.
-        targets = torch.tensor(reply, device=logprobs.device)  # (R,)
-        picked = logprobs[b, start - 1 : start - 1 + len(reply)].gather(1, targets[:, None])
-        scores.append(float(picked.mean()))
-    return scores
+    try:
+        head = torch.tensor([context[len(context) - keep :]], device=device)  # (1, C)
+        first, state = model(head, last_only=True)  # (1, 1, V): predicts each reply's start
+        tokens = torch.full((len(replies), width), tokenizer.pad_id, dtype=torch.long)  # (B, R)
+        for b, reply in enumerate(replies):
+            tokens[b, : len(reply)] = torch.tensor(reply)
+        rest, _ = model(tokens.to(device), model.repeat_state(state, len(replies)))  # (B, R, V)
+    finally:
+        model.train(was_training)
+    # Position i of a row predicts its token i + 1; the context's last position its token 0.
+    logits = torch.cat([first.expand(len(replies), -1, -1), rest[:, :-1]], dim=1)  # (B, R, V)
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, R, V)
+    picked = logprobs.gather(2, tokens.to(device)[:, :, None])[:, :, 0]  # (B, R)
+    return [float(picked[b, : len(r)].mean()) for b, r in enumerate(replies)]
 
 
 def _reply_ids(tokenizer: Tokenizer, text: str, max_tokens: int) -> list[int]:

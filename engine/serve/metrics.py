@@ -96,6 +96,7 @@ class _Families:
     cache_queries: Counter
     cache_hits: Counter
     success: Counter
+    replies: Counter
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> _Families:
@@ -144,6 +145,11 @@ class _Families:
                 "vllm:request_success",
                 "Requests finished, by finish reason.",
                 ("model_name", "finished_reason"),
+            ),
+            replies=counter(
+                "parley:replies",
+                "Replies sent, by source: generated, or remembered ([reply] mode).",
+                ("model_name", "source"),
             ),
         )
 
@@ -220,3 +226,7 @@ class EngineMetrics:
         if output_tokens > 1:
             self._tpot.observe(decode_s / (output_tokens - 1))
         self._f.success.labels(self.model_name, reason).inc()
+
+    def replied(self, source: str) -> None:
+        """A reply was sent: ``generated`` or ``remembered``."""
+        self._f.replies.labels(self.model_name, source).inc()

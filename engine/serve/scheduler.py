@@ -22,6 +22,7 @@ halfway.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bot.settings import EngineSettings, SamplingSettings
+from bot.settings import EngineSettings, ReplySettings, SamplingSettings
 from bot.wire import FinishReason
 from engine.checkpoint import Checkpoint
 from engine.data.formatting import clean_text
@@ -41,7 +42,8 @@ from engine.serve.batches import DecodeBatch, PrefillBatch, SlotBatch, serving_c
 from engine.serve.cache import CacheEntry, ContextCache, deserialize_entry, serialize_entry
 from engine.serve.metrics import EngineMetrics
 from engine.serve.prompt import build_prompt
-from engine.serve.sampling import RowSampler, SamplingParams, sample_next
+from engine.serve.replies import ReplyPicker
+from engine.serve.sampling import RowSampler, SamplingParams, make_generator, sample_next
 from engine.serve.work import (
     Applied,
     Control,
@@ -112,10 +114,26 @@ class _Sequence:
     finish_reason: FinishReason | None = None
     row: int = -1
     """Its row in its model's prefill batch, then in its decode batch."""
+    group: _Group | None = None
+    """In ``hybrid`` mode: the request's other samples (nothing streams; one is chosen)."""
 
     @property
     def conversation(self) -> str:
         return self.work.request.conversation
+
+
+@dataclass(eq=False)
+class _Group:
+    """The ``n`` samples of one ``hybrid`` request, and what the choice also weighs."""
+
+    work: Work
+    size: int
+    prompt_text: str
+    remembered: list[str]
+    entry: CacheEntry | None
+    """The conversation's cache entry before this request (kept if a remembered line wins)."""
+    done: list[tuple[_Sequence, str, CacheEntry | None]] = field(default_factory=list)
+    """Each finished sample: its sequence, its reply and the cache entry it would leave."""
 
 
 class Scheduler:
@@ -137,12 +155,14 @@ class Scheduler:
         metrics: EngineMetrics | None = None,
         decode_dtype: torch.dtype | None = None,
         ignore_eot: bool = False,
+        replies: ReplyPicker | None = None,
     ) -> None:
         self._engine = engine
         self._sampling = sampling
         self._device = device
         self._decode_dtype = decode_dtype
         self._ignore_eot = ignore_eot
+        self._replies = replies or ReplyPicker(ReplySettings(mode="generate"))
         self._interval_s = engine.stream_interval_ms / 1000
         self._inbox: queue.SimpleQueue[Work | Control] = queue.SimpleQueue()
         self._swap_lock = threading.Lock()
@@ -157,6 +177,7 @@ class Scheduler:
 
     def _load(self, checkpoint: Checkpoint) -> _Model:
         model, max_batch = checkpoint.model, self._engine.max_batch
+        self._replies.prepare(checkpoint)
         decoder = serving_copy(model, self._decode_dtype)
         prefill_rows = min(max_batch, self._engine.prefill_chunk_tokens // MIN_PREFILL_CHUNK)
         if model.max_context is None:
@@ -172,6 +193,11 @@ class Scheduler:
             sampler=RowSampler(max_batch, model.device, banned),
             banned=banned,
         )
+
+    @property
+    def replies(self) -> ReplyPicker:
+        """How replies are picked (the worker keeps its excluded users current)."""
+        return self._replies
 
     @property
     def cuda_graphs(self) -> bool:
@@ -222,6 +248,9 @@ class Scheduler:
             self._prefill_pass()
             for model in (*self._old_models, self._model):
                 self._decode_step(model)
+        for drained in [m for m in self._old_models if not m.rows]:
+            if drained.version != self._model.version:
+                self._replies.forget_model(drained.version)
         self._old_models = [m for m in self._old_models if m.rows]
         self._update_stats()
 
@@ -255,6 +284,7 @@ class Scheduler:
         if req.command == "forget" and req.user:
             # Conversation keys end in the user id (platform:chat:user).
             self._cache.drop_where(lambda conv: conv.endswith(f":{req.user}"))
+            self._replies.exclude([req.user])  # none of their lines is remembered from now on
         # A spilled copy in Redis is deleted by the worker along with the history.
         self._outputs.append(Applied(control))
 
@@ -267,9 +297,11 @@ class Scheduler:
         if old.rows:
             self._old_models.append(old)
         # Sequences still prefilling restart on the new model: nothing was generated yet.
-        self._waiting.extendleft(reversed([s.work for s in old.prefilling]))
+        self._waiting.extendleft(reversed(_works_of(old.prefilling)))
         old.prefilling.clear()
         old.prefill.clear()
+        if not old.rows and old.version != checkpoint.version:
+            self._replies.forget_model(old.version)
         self._model = self._load(checkpoint)
         self._cache.clear()  # state from the old model means nothing to the new one
         log.info("swapped to model %s", checkpoint.version)
@@ -278,32 +310,48 @@ class Scheduler:
 
     def _admit(self) -> None:
         m = self._model
+        rows = self._rows_per_request
         while (
             self._waiting
-            and self._running < self._engine.max_batch
-            and m.prefill.n < m.prefill.max_rows
+            and self._running + rows <= self._engine.max_batch
+            and m.prefill.n + rows <= m.prefill.max_rows
         ):
             work = self._waiting.popleft()
+            if work.received_s:
+                self.metrics.queued(max(0.0, time.monotonic() - work.received_s))
             try:
-                seq = self._start(work)
+                self._start(work)
             except ValueError as e:  # the message itself is unusable (e.g. empty once cleaned)
                 self._outputs.append(Failed(work, "unusable", str(e)))
-                continue
             except Exception:
                 log.exception("could not start request %s", work.request.id)
                 self._outputs.append(Failed(work, "start_failed"))
-                continue
-            if work.received_s:
-                self.metrics.queued(max(0.0, seq.started_s - work.received_s))
 
-    def _start(self, work: Work) -> _Sequence:
+    @property
+    def _rows_per_request(self) -> int:
+        """Rows a request takes: ``hybrid`` samples ``n`` replies at once (as many as fit)."""
+        if self._replies.mode != "hybrid":
+            return 1
+        m = self._model
+        return max(1, min(self._replies.settings.n, self._engine.max_batch, m.prefill.max_rows))
+
+    def _start(self, work: Work) -> None:
+        """Answer ``work`` from memory (``retrieve`` mode, when a line matches), or start
+        generating: its prompt's rows join the prefill batch."""
         model = self._model
         ckpt = model.checkpoint
+        started_s = time.monotonic()
         params = SamplingParams.from_request(work.request.sampling, self._sampling)
         prompt = build_prompt(work.history, work.request.text, self._engine.history_max_chars)
         entry = self._cache.pop(work.request.conversation)
         if entry is None and work.spilled_state is not None:
             entry = deserialize_entry(work.spilled_state, ckpt.model.state_from_tensors)
+        mode = self._replies.mode
+        remembered = [] if mode == "generate" else self._replies.remembered(ckpt, work.request.text)
+        if mode == "retrieve" and remembered:
+            chosen = self._replies.choose(ckpt, prompt.truncated, remembered, work.history)
+            self._send_remembered(work, model, chosen, entry, started_s)
+            return
         stored = work.request.history is None  # stored history is trimmed at the front
         match = self._cache.match(
             entry, model.version, prompt.full, prompt.history if stored else None
@@ -317,19 +365,25 @@ class Scheduler:
         pending = self._fit_context(pending, cached, params.max_new_tokens, model)
         cached_tokens = 0 if cached is None else cached.length
         self.metrics.cache_query_tokens(cached_tokens, len(pending))
-        seq = _Sequence(
-            work=work,
-            model=model,
-            params=params,
-            prompt_text=text,
-            pending=pending,
-            prompt_tokens=len(pending),
-            cached_tokens=cached_tokens,
-            eot_id=ckpt.tokenizer.eot_id,
-        )
-        seq.row = model.prefill.join(cached)  # copies the cached state into the row
-        model.prefilling.append(seq)
-        return seq
+        copies = self._rows_per_request
+        group = None
+        if mode == "hybrid":
+            group = _Group(work, copies, prompt.truncated, remembered, entry)
+        for i in range(copies):
+            seq = _Sequence(
+                work=work,
+                model=model,
+                params=_nth_sample(params, work, i),
+                prompt_text=text,
+                pending=list(pending),
+                prompt_tokens=len(pending),
+                cached_tokens=cached_tokens,
+                eot_id=ckpt.tokenizer.eot_id,
+                started_s=started_s,
+                group=group,
+            )
+            seq.row = model.prefill.join(cached)  # copies the cached state into the row
+            model.prefilling.append(seq)
 
     @staticmethod
     def _fit_context(
@@ -422,7 +476,7 @@ class Scheduler:
             seq.finish_reason = "stop"
         elif len(seq.generated) >= seq.params.max_new_tokens:
             seq.finish_reason = "length"
-        elif now - seq.last_emit_s >= self._interval_s:
+        elif seq.group is None and now - seq.last_emit_s >= self._interval_s:
             self._progress(seq, now)
         return seq.finish_reason is not None
 
@@ -447,22 +501,77 @@ class Scheduler:
             seq.final_tokens, seq.tail_chars = len(seq.generated), 0
 
     def _finish(self, seq: _Sequence, state: SeqState | None) -> None:
+        reply, entry = self._settle(seq, state)
+        if seq.group is not None:
+            self._finish_sample(seq.group, seq, reply, entry)
+            return
+        if entry is not None:
+            self._cache.put(seq.conversation, entry)
+        self.metrics.replied("generated")
+        self._outputs.append(Finished(seq.work, self._reply(seq, reply)))
+
+    def _settle(self, seq: _Sequence, state: SeqState | None) -> tuple[str, CacheEntry | None]:
+        """``seq``'s reply text, and the cache entry its state makes (if it is to be kept)."""
         ckpt = seq.model.checkpoint
         raw = ckpt.tokenizer.decode(seq.generated)
         # Tidy like every stored turn, so the next prompt reproduces it (and hits the cache).
         reply = clean_text(_cut_at_stop(raw, seq.params.stop))
-        if state is not None and seq.model is self._model:
-            # The state has consumed every generated token but the last one sampled (after
-            # <|eot|> nothing more is fed; after a length or stop cut, the last one is not).
-            consumed = (
-                raw
-                if seq.finish_reason == "stop" and not seq.params.stop
-                else (ckpt.tokenizer.decode(seq.generated[:-1]))
-            )
-            self._cache.put(
-                seq.conversation, CacheEntry(ckpt.version, seq.prompt_text + consumed, state)
-            )
-        self._outputs.append(Finished(seq.work, self._reply(seq, reply)))
+        if state is None or seq.model is not self._model:
+            return reply, None
+        # The state has consumed every generated token but the last one sampled (after
+        # <|eot|> nothing more is fed; after a length or stop cut, the last one is not).
+        consumed = (
+            raw
+            if seq.finish_reason == "stop" and not seq.params.stop
+            else (ckpt.tokenizer.decode(seq.generated[:-1]))
+        )
+        return reply, CacheEntry(ckpt.version, seq.prompt_text + consumed, state)
+
+    def _finish_sample(
+        self, group: _Group, seq: _Sequence, reply: str, entry: CacheEntry | None
+    ) -> None:
+        """One of a ``hybrid`` request's samples is done; with the last, choose and answer."""
+        group.done.append((seq, reply, entry))
+        if len(group.done) < group.size:
+            return
+        samples = [r for _, r, _ in group.done]
+        candidates = [c for c in samples + group.remembered if c.strip()]
+        chosen = samples[0]
+        if candidates:
+            ckpt = seq.model.checkpoint
+            chosen = self._replies.choose(ckpt, group.prompt_text, candidates, group.work.history)
+        for sample, text, sample_entry in group.done:
+            if text == chosen:
+                if sample_entry is not None:
+                    self._cache.put(sample.conversation, sample_entry)
+                self.metrics.replied("generated")
+                self._outputs.append(Finished(group.work, self._reply(sample, text)))
+                return
+        self._send_remembered(group.work, seq.model, chosen, group.entry, seq.started_s)
+
+    def _send_remembered(
+        self, work: Work, model: _Model, text: str, entry: CacheEntry | None, started_s: float
+    ) -> None:
+        """Answer ``work`` with a remembered line. The conversation's cached state stays
+        valid: what it consumed is still a prefix of the conversation."""
+        if entry is not None and model is self._model:
+            self._cache.put(work.request.conversation, entry)
+        now = time.monotonic()
+        arrived = work.received_s or started_s
+        tokens = len(model.checkpoint.tokenizer.encode(text))
+        self.metrics.finished("stop", now - arrived, now - arrived, tokens, 0.0)
+        self.metrics.replied("remembered")
+        reply = Reply(
+            text=text,
+            finish_reason="stop",
+            prompt_tokens=0,
+            completion_tokens=tokens,
+            queue_ms=max(0.0, started_s - work.received_s) * 1000 if work.received_s else 0.0,
+            ttft_ms=(now - started_s) * 1000,
+            total_ms=(now - started_s) * 1000,
+            model_version=model.version,
+        )
+        self._outputs.append(Finished(work, reply))
 
     def _reply(self, seq: _Sequence, text: str) -> Reply:
         now = time.monotonic()
@@ -488,8 +597,8 @@ class Scheduler:
 
     def _fail_all(self, failure: Failure, detail: str) -> None:
         for m in (*self._old_models, self._model):
-            for seq in (*m.prefilling, *m.rows):
-                self._outputs.append(Failed(seq.work, failure, detail))
+            for work in _works_of([*m.prefilling, *m.rows]):
+                self._outputs.append(Failed(work, failure, detail))
             m.prefilling.clear()
             m.rows.clear()
             m.prefill.clear()
@@ -522,6 +631,25 @@ def _remove_row(batch: SlotBatch, seqs: list[_Sequence], seq: _Sequence) -> int 
     seqs.pop()
     seq.row = -1
     return moved_from
+
+
+def _works_of(seqs: list[_Sequence]) -> list[Work]:
+    """The requests ``seqs`` answer, in order, each once (a ``hybrid`` one has several)."""
+    seen: set[int] = set()
+    works = []
+    for seq in seqs:
+        if id(seq.work) not in seen:
+            seen.add(id(seq.work))
+            works.append(seq.work)
+    return works
+
+
+def _nth_sample(params: SamplingParams, work: Work, i: int) -> SamplingParams:
+    """The ``i``-th sample's parameters: a seeded request's samples each get their own seed."""
+    seed = work.request.sampling.seed
+    if i == 0 or seed is None:
+        return params  # unseeded rows already draw apart (one draw for the whole batch)
+    return dataclasses.replace(params, generator=make_generator(seed + i))
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:

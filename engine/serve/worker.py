@@ -255,10 +255,16 @@ class EngineWorker:
             last_tokens, last_s = beat.tokens_generated or 0, now
             try:
                 await engines.publish_heartbeat(self._redis, beat)
+                await self._refresh_consent()
             except QueueError as e:
                 log.warning("%s", e)
             with contextlib.suppress(TimeoutError):  # wake at once when stopping
                 await asyncio.wait_for(stop.wait(), self._settings.engine.heartbeat_s)
+
+    async def _refresh_consent(self) -> None:
+        """Remembered replies leave out whoever is opted out now (a reply mode that has them)."""
+        if self._scheduler.replies.mode != "generate":
+            self._scheduler.replies.set_excluded(await self._store.opted_out_users())
 
     def _heartbeat(self, last_tokens: int, elapsed_s: float) -> Heartbeat:
         stats = self._scheduler.stats

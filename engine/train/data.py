@@ -32,6 +32,7 @@ from torch import Tensor
 
 from engine.data import describe, format_conversations, load_sources
 from engine.data.conversation import Conversation
+from engine.data.remembered import AuthoredTurns, remembered_turns
 from engine.quality.splits import DEFAULT_TEST_FRACTION, split_three
 from engine.quality.words import strict_vocabulary, word_counts
 from engine.tokenizer import SPECIALS, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
@@ -53,6 +54,9 @@ class TextSplits:
     val: list[str]
     provenance: dict[str, object]
     test: list[str] = field(default_factory=list)
+    remembered: list[AuthoredTurns] = field(default_factory=list)
+    """The training conversations' authored turns, for the checkpoint's remembered replies
+    (:mod:`engine.data.remembered`)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ def load_texts(
     train = format_conversations(sides.train, include_bot=include_bot, min_turns=2)
     val = format_conversations(sides.validation, include_bot=include_bot, min_turns=2)
     test = format_conversations(sides.test, include_bot=include_bot, min_turns=2)
+    remembered = remembered_turns(sides.train, include_bot=include_bot)
     provenance: dict[str, object] = {
         "data": list(specs),
         "include_bot": include_bot,
@@ -113,7 +118,7 @@ def load_texts(
         "characters": {"train": count_chars(train), "val": count_chars(val)},
         "sources": describe(conversations),
     }
-    return TextSplits(train, val, provenance, test)
+    return TextSplits(train, val, provenance, test, remembered)
 
 
 def count_chars(texts: Sequence[str]) -> int:

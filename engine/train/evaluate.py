@@ -32,6 +32,7 @@ from engine.data import distinct_n, word_validity
 from engine.hardware import cpu_has_native_bf16
 from engine.models import LanguageModel
 from engine.serve.metrics import EngineMetrics
+from engine.serve.replies import ReplyPicker
 from engine.serve.scheduler import Scheduler
 from engine.serve.work import Failed, Finished, Work
 from engine.tokenizer import Tokenizer
@@ -168,10 +169,13 @@ def generate_replies(
     *,
     temperature: float = 0.8,
     max_new_tokens: int | None = None,
+    picker: ReplyPicker | None = None,
+    path: Path = Path("eval"),
 ) -> list[str]:
     """One reply per ask, in order, generated as one batch through the engine's own serving
     path (:class:`~engine.serve.scheduler.Scheduler`): the prompt layout, the batched prefill
-    and decode, the banned special tokens and the reply's cleaning are the engine's.
+    and decode, the banned special tokens and the reply's cleaning are the engine's. With
+    ``picker``, in its reply mode (remembered replies come from the checkpoint at ``path``).
 
     ``max_new_tokens`` defaults to about 200 characters' worth (64 BPE tokens, 200 chars).
     A reply cut off there loses its last, possibly half-written, word
@@ -185,7 +189,13 @@ def generate_replies(
     was_training = model.training
     replies: dict[str, str] = {}
     try:
-        scheduler = _scheduler(model, tokenizer, len(asks), temperature, max_new_tokens)
+        rows = min(len(asks), MAX_ROWS)
+        if picker is not None and picker.mode == "hybrid":
+            rows *= picker.settings.n
+        scheduler = _scheduler(
+            Checkpoint(model, tokenizer, model.config, "eval", {}, {}, path),
+            rows, temperature, max_new_tokens, picker,
+        )  # fmt: skip
         requests = [_request(i, ask, temperature, max_new_tokens) for i, ask in enumerate(asks)]
         for request in requests:
             turns = request.history or ()
@@ -223,6 +233,8 @@ def sample_replies(
 
 
 _REPLY_TOKENS = {"bpe": 64, "char": 200}
+MAX_ROWS = 64
+"""Replies generated at once (more wait their turn, as they would in the engine)."""
 
 
 def _row_seed(seed: int, row: int) -> int:
@@ -230,11 +242,12 @@ def _row_seed(seed: int, row: int) -> int:
 
 
 def _scheduler(
-    model: LanguageModel, tokenizer: Tokenizer, rows: int, temperature: float, max_new: int
+    checkpoint: Checkpoint,
+    rows: int,
+    temperature: float,
+    max_new: int,
+    replies: ReplyPicker | None,
 ) -> Scheduler:
-    checkpoint = Checkpoint(
-        model, tokenizer, model.config, "eval", metrics={}, provenance={}, path=Path("eval")
-    )
     engine = EngineSettings(
         max_batch=rows,
         stream_interval_ms=_NO_STREAMING_MS,
@@ -246,7 +259,8 @@ def _scheduler(
         max_temperature=max(temperature, 0.0),
     )
     metrics = EngineMetrics("eval", CollectorRegistry())  # not the process's /metrics
-    return Scheduler(checkpoint, engine, bounds, model.device, metrics=metrics)
+    device = checkpoint.model.device
+    return Scheduler(checkpoint, engine, bounds, device, metrics=metrics, replies=replies)
 
 
 _NO_STREAMING_MS = 10**9

@@ -26,7 +26,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,11 +124,14 @@ class Trainer:
         world: ddp.World | None = None,
         on_step: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        extra_files: Sequence[Path] = (),
     ) -> None:
         self.world = world or ddp.World(0, 1, model.device)
         self.model = model.to(self.world.device)
         self.tokenizer, self.data, self.cfg, self.out = tokenizer, data, cfg, Path(out)
         self.preset, self.provenance, self.on_step = preset, provenance, on_step
+        self.extra_files = tuple(extra_files)
+        """Files every saved checkpoint carries (its remembered replies)."""
         self.clock = clock
         """Seconds, for the wall-clock budget (``time.perf_counter``; tests pass their own)."""
         self.amp_dtype = autocast_dtype(self.world.device, cfg.precision)
@@ -305,6 +308,7 @@ class Trainer:
             preset=self.preset,
             metrics=metrics,
             provenance=self.provenance,
+            extra_files=self.extra_files,
         )
 
     def _save_state(self) -> None:

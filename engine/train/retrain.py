@@ -46,7 +46,7 @@ from engine.train.data import (
 )
 from engine.train.evaluate import autocast_dtype, evaluate_loss
 from engine.train.loop import TrainConfig, Trainer
-from engine.train.run import SPLIT_SEED, resolve_preset
+from engine.train.run import SPLIT_SEED, remembered_replies, resolve_preset
 from engine.train.schedule import recipe_for
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ def load_data(spec: RetrainSpec) -> JobData:
             "corpora": corpora.provenance,
             "archive_repeats": repeats,
         }
-        texts = TextSplits(train, archive.val + corpora.val, provenance)
+        remembered = archive.remembered + corpora.remembered
+        texts = TextSplits(train, archive.val + corpora.val, provenance, remembered=remembered)
     else:
         texts = archive or corpora  # type: ignore[assignment]
     if texts is None or not texts.train or not texts.val:
@@ -242,11 +243,13 @@ def run(spec: RetrainSpec, reporter: Reporter) -> None:
         reporter.step(trainer, step)
 
     out = Path(spec.run_dir) / MODEL_DIR
-    trainer = Trainer(
-        model, tokenizer, data, cfg, out, preset=preset, provenance=provenance, on_step=on_step
-    )
-    reporter.update("running", force=True, message="training", steps=spec.max_steps)
-    result = trainer.run()
+    with remembered_replies(out, texts) as replies:
+        trainer = Trainer(
+            model, tokenizer, data, cfg, out,
+            preset=preset, provenance=provenance, on_step=on_step, extra_files=replies,
+        )  # fmt: skip
+        reporter.update("running", force=True, message="training", steps=spec.max_steps)
+        result = trainer.run()
     reporter.update("running", force=True, message="scoring the new and the live model")
     new = load_checkpoint(result.checkpoint, device=device)
     verdict = decide(

@@ -13,6 +13,7 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from bot.errors import ModelError
+from engine.data.remembered import REPLIES_FILE, write_replies
 from engine.models import LanguageModel, build_model, preset_config
 from engine.models.config import DEFAULT_PRESET
 from engine.tokenizer import Tokenizer, load_tokenizer
@@ -108,11 +110,30 @@ def run_training(
         data = _encode(tokenizer, texts, opts.cache_dir)
     model = _model(preset, tokenizer, opts, cfg.seed)
     provenance = _provenance(opts, cfg, preset, tokenizer, texts, model)
-    trainer = Trainer(
-        model, tokenizer, data, cfg, opts.out,
-        preset=preset, provenance=provenance, world=world, **trainer_kw,
-    )  # fmt: skip
-    return trainer.run()
+    with remembered_replies(opts.out, texts, world) as replies:
+        trainer = Trainer(
+            model, tokenizer, data, cfg, opts.out,
+            preset=preset, provenance=provenance, world=world, extra_files=replies,
+            **trainer_kw,
+        )  # fmt: skip
+        return trainer.run()
+
+
+@contextmanager
+def remembered_replies(
+    out: Path, texts: TextSplits, world: ddp.World | None = None
+) -> Iterator[tuple[Path, ...]]:
+    """The training conversations as the checkpoint's remembered replies: a file beside
+    ``out`` for the run (rank 0 saves checkpoints, so only it writes one), removed after."""
+    if world is not None and not world.is_main:
+        yield ()
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.replies-", dir=out.parent))
+    try:
+        yield (write_replies(work / REPLIES_FILE, texts.remembered),)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def prepare_out(out: Path, overwrite: bool, world: ddp.World) -> None:

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ def save_checkpoint_beside_state(
     preset: str,
     metrics: dict[str, Any],
     provenance: dict[str, Any],
+    extra_files: Sequence[Path] = (),
 ) -> None:
     """Save ``model`` as the checkpoint in ``out``, keeping the training state beside it."""
     # save_checkpoint replaces the whole directory, train_state with it; park it next door.
@@ -129,8 +131,9 @@ def save_checkpoint_beside_state(
         shutil.rmtree(parked, ignore_errors=True)
         os.replace(state, parked)
     save_checkpoint(
-        out, model, tokenizer, preset=preset, metrics=metrics, provenance=provenance, overwrite=True
-    )
+        out, model, tokenizer, preset=preset, metrics=metrics, provenance=provenance,
+        overwrite=True, extra_files=extra_files,
+    )  # fmt: skip
     if parked.is_dir():
         os.replace(parked, state)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.data.formatting import format_turns
+from engine.data.remembered import ReplyPair
 from engine.models import ModelConfig, build_model
 from engine.quality.candidates import ReplyIndex, choose, score
 from engine.quality.relevance import PRIOR_PROMPT, reply_loglik
@@ -94,10 +95,21 @@ def test_the_best_among_a_subset_and_pmi_needs_the_prior() -> None:
 
 
 def test_retrieval_keeps_accents_and_queries_by_the_rarest_words() -> None:
-    pairs = [("un café, s'il vous plaît", "voilà"), ("un cafe", "no accent here")]
-    pairs += [(f"the the the word{i}", f"reply {i}") for i in range(20)]
+    pairs = [ReplyPair("un café, s'il vous plaît", "voilà", "a")]
+    pairs += [ReplyPair("un cafe", "no accent here", "b")]
+    pairs += [ReplyPair(f"the the the word{i}", f"reply {i}", "c") for i in range(20)]
     index = ReplyIndex(pairs)
     assert index.search("café", 1) == ["voilà"]
     # Many common words and one rare one: the rare one decides.
     assert index.search("the the the cafe the", 1) == ["no accent here"]
+    index.close()
+
+
+def test_retrieval_leaves_out_what_allow_refuses() -> None:
+    pairs = [ReplyPair("do you like tea", f"tea reply {i}", f"user{i}") for i in range(5)]
+    index = ReplyIndex(pairs)
+    everyone = index.search("tea", 5)
+    assert sorted(everyone) == sorted(p.reply for p in pairs)
+    kept = index.search("tea", 5, allow=lambda p: p.author != "user2" and "3" not in p.reply)
+    assert sorted(kept) == ["tea reply 0", "tea reply 1", "tea reply 4"]
     index.close()

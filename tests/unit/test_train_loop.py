@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from engine.checkpoint import load_checkpoint
+from engine.data.remembered import REPLIES_FILE, read_reply_pairs
 from engine.models.config import PRESETS
 from engine.train.evaluate import sample_replies
+from engine.quality.relevance import turns_of
+from engine.train.data import load_texts
 from engine.train.run import run_training
 from engine.train.state import STATE_DIR
 from tests.unit.test_train_helpers import (
@@ -46,6 +49,14 @@ def test_twenty_steps_lower_the_loss_and_write_a_loadable_checkpoint(
     assert ckpt.provenance["seed"] == 3 and ckpt.provenance["data"] == [str(corpus)]
     replies = sample_replies(ckpt.model, ckpt.tokenizer, "hi there", n=2, max_new_tokens=20)
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    # It remembers its training conversations' replies, and nothing held out.
+    remembered = {p.reply for p in read_reply_pairs(out / REPLIES_FILE)}
+    texts = load_texts([str(corpus)], val_fraction=tiny_options(tmp_path, corpus).val_fraction)
+    held_out = {t for text in texts.val + texts.test for _, t in turns_of(text)}
+    trained = {t for text in texts.train for _, t in turns_of(text)}
+    assert remembered and remembered <= trained
+    assert not remembered & (held_out - trained)
+    assert [p.name for p in tmp_path.iterdir() if "replies" in p.name] == []  # no leftovers
 
 
 def test_the_compiled_loss_trains_too(tmp_path: Path, corpus: Path) -> None:

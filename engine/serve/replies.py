@@ -1,0 +1,164 @@
+"""How the engine picks a reply (``[reply] mode``): generated, remembered, or the best of both.
+
+- ``generate``: the scheduler samples one reply and streams it token by token.
+- ``retrieve``: before anything is generated, the picker searches the model's remembered
+  replies (its training conversations, :mod:`engine.data.remembered`) for the ``k`` whose
+  preceding turn best matches the message, and the scheduler sends the best of them by the
+  model's score, whole, as soon as it is chosen. Nothing matches (or the model carries no
+  remembered replies): the reply is generated and streamed as in ``generate``.
+- ``hybrid``: the scheduler samples ``n`` replies in one batched step (not streamed: a reply
+  is chosen once all are done), and the picker chooses among them and the ``k`` remembered.
+
+Remembered candidates honour consent and the safety filter at the moment they are served:
+nothing by a user who opted out or was forgotten (the worker keeps :meth:`exclude` up to date
+from Redis, and a ``/forget`` reaching this engine applies at once), nothing the filter
+blocks. The model's score is :mod:`engine.quality.candidates`' (likelihood or PMI, repeats of
+the bot's last lines penalised); it runs in the torch thread as one batched forward pass over
+the candidates, and a candidate's context-free likelihood (PMI's other half) is computed once
+per model and remembered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bot.safety import SafetyFilter
+from bot.settings import ReplySettings
+from bot.wire import Turn
+from engine.checkpoint import Checkpoint
+from engine.data.remembered import REPLIES_FILE, ReplyPair
+from engine.quality.candidates import ReplyIndex, score
+
+log = logging.getLogger(__name__)
+
+PRIOR_CACHE_SIZE = 50_000
+"""Candidates whose context-free likelihood is remembered, per model."""
+RECENT_BOT_LINES = 3
+"""The bot's last lines a candidate is penalised for repeating."""
+
+Source = Literal["generated", "remembered"]
+
+
+@dataclass(eq=False)
+class _Memory:
+    """One model's remembered replies and the priors computed for it."""
+
+    index: ReplyIndex | None
+    priors: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The chosen reply and where it came from."""
+
+    text: str
+    source: Source
+
+
+class ReplyPicker:
+    """The remembered candidates and the choice between candidates, for every model served.
+
+    :meth:`prepare` loads a model's remembered replies (call it off the torch thread, before
+    the model is served; a model not prepared is prepared on first use). Everything else runs
+    in the torch thread, except :meth:`exclude`, which any thread may call.
+    """
+
+    def __init__(self, settings: ReplySettings, safety: SafetyFilter | None = None) -> None:
+        self.settings = settings
+        self._safety = safety
+        self._memories: dict[str, _Memory] = {}
+        self._lock = threading.Lock()
+        self._excluded: frozenset[str] = frozenset()
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    def prepare(self, checkpoint: Checkpoint) -> None:
+        """Load ``checkpoint``'s remembered replies, if the mode uses them and it has them."""
+        with self._lock:
+            if checkpoint.version in self._memories:
+                return
+        path = checkpoint.path / REPLIES_FILE
+        index = None
+        if self.mode == "generate":
+            pass
+        elif path.is_file():
+            index = ReplyIndex.from_file(path)
+            log.info("model %s remembers %d replies", checkpoint.version, index.size)
+        else:
+            log.warning(
+                "model %s has no %s: reply mode %r generates every reply",
+                checkpoint.version,
+                REPLIES_FILE,
+                self.mode,
+            )
+        with self._lock:
+            self._memories.setdefault(checkpoint.version, _Memory(index))
+
+    def forget_model(self, version: str) -> None:
+        """``version`` is no longer served: drop its index."""
+        with self._lock:
+            memory = self._memories.pop(version, None)
+        if memory is not None and memory.index is not None:
+            memory.index.close()
+
+    def exclude(self, users: Iterable[str]) -> None:
+        """From now on, leave out remembered replies by ``users`` (and whoever was already)."""
+        with self._lock:
+            self._excluded = self._excluded | frozenset(users)
+
+    def set_excluded(self, users: Iterable[str]) -> None:
+        """Exactly ``users`` are left out (the opted-out set as Redis holds it now)."""
+        with self._lock:
+            self._excluded = frozenset(users)
+
+    # -- the torch thread ------------------------------------------------------------------
+
+    def remembered(self, checkpoint: Checkpoint, message: str) -> list[str]:
+        """The ``k`` remembered replies that best match ``message`` and may be served."""
+        memory = self._memory(checkpoint)
+        if memory.index is None:
+            return []
+        return memory.index.search(message, self.settings.k, allow=self._allowed)
+
+    def choose(
+        self,
+        checkpoint: Checkpoint,
+        prompt: str,
+        candidates: Sequence[str],
+        history: Sequence[Turn],
+    ) -> str:
+        """The best of ``candidates`` after ``prompt`` (which ends in ``<|bot|>``)."""
+        memory = self._memory(checkpoint)
+        recent = [t.text for t in history if t.role == "bot"][-RECENT_BOT_LINES:]
+        scored = score(
+            checkpoint.model,
+            checkpoint.tokenizer,
+            prompt,
+            candidates,
+            recent_bot_lines=recent,
+            with_prior=self.settings.ranking == "pmi",
+            repeat_penalty=self.settings.repeat_penalty,
+            prior_cache=memory.priors,
+        )
+        while len(memory.priors) > PRIOR_CACHE_SIZE:
+            memory.priors.popitem(last=False)
+        return scored.best(self.settings.ranking)
+
+    def _allowed(self, pair: ReplyPair) -> bool:
+        if pair.author and pair.author in self._excluded:
+            return False
+        return self._safety is None or not self._safety.blocks(pair.reply)
+
+    def _memory(self, checkpoint: Checkpoint) -> _Memory:
+        memory = self._memories.get(checkpoint.version)
+        if memory is None:
+            self.prepare(checkpoint)
+            memory = self._memories[checkpoint.version]
+        return memory
