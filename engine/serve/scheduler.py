@@ -14,36 +14,47 @@ A finished prompt moves its row into the :class:`DecodeBatch`, and a finished re
 (the last row moves into its place): joins and leaves cost O(that row), never O(batch), and a
 step costs nothing per row in Python beyond reading its sampled token.
 
-A hot swap loads the new model into a fresh :class:`_Model` with its own batch; sequences
+A hot swap loads the new model into a fresh :class:`ServedModel` with its own batch; sequences
 already decoding finish on the model they started with, new ones start on the new one, and
 the old model is dropped when it empties — no request is lost and no reply switches model
 halfway.
+
+The reply mode (:mod:`engine.serve.replies`) acts at two points: admitting a request in
+``retrieve`` mode, a remembered line that matches is chosen and sent at once (no rows taken);
+in ``hybrid`` mode a request takes ``n`` rows, streams nothing, and is answered when its
+last sample finishes, with the best of the samples and the remembered lines.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from bot.settings import EngineSettings, ReplySettings, SamplingSettings
-from bot.wire import FinishReason
 from engine.checkpoint import Checkpoint
 from engine.data.formatting import clean_text
 from engine.models import SeqState
-from engine.serve.batches import DecodeBatch, PrefillBatch, SlotBatch, serving_copy
+from engine.serve.batches import DecodeBatch, PrefillBatch, serving_copy
 from engine.serve.cache import CacheEntry, ContextCache, deserialize_entry, serialize_entry
 from engine.serve.metrics import EngineMetrics
 from engine.serve.prompt import build_prompt
 from engine.serve.replies import ReplyPicker
-from engine.serve.sampling import RowSampler, SamplingParams, make_generator, sample_next
+from engine.serve.sampling import RowSampler, SamplingParams, sample_next
+from engine.serve.sequences import (
+    Running,
+    SampleGroup,
+    ServedModel,
+    cut_at_stop,
+    nth_sample,
+    remove_row,
+    works_of,
+)
 from engine.serve.work import (
     Applied,
     Control,
@@ -66,74 +77,6 @@ MIN_PREFILL_CHUNK = 16
 rows (a GRU's, whose cost is per timestep whatever the rows, up to max_batch)."""
 STOP_TAIL_TOKENS_PER_CHAR = 4
 """A stop string of m characters lies within the last 4m tokens (a token is >= 1 byte)."""
-
-
-@dataclass(eq=False)
-class _Model:
-    """A loaded model with its own decode batch (two exist only during a hot swap)."""
-
-    checkpoint: Checkpoint
-    prefill: PrefillBatch
-    decode: DecodeBatch
-    sampler: RowSampler
-    """The decode rows' sampling state, row for row."""
-    banned: list[int]
-    """Tokens never sampled: specials other than end-of-turn (a reply that contained one
-    would decode to less than its state consumed, so its cache entry would lie)."""
-    prefilling: list[_Sequence] = field(default_factory=list)
-    """``prefilling[i]`` feeds its prompt in row i of ``prefill``."""
-    rows: list[_Sequence] = field(default_factory=list)
-    """``rows[i]`` decodes in row i of ``decode``."""
-
-    @property
-    def version(self) -> str:
-        return self.checkpoint.version
-
-
-@dataclass(eq=False)
-class _Sequence:
-    """One request being answered."""
-
-    work: Work
-    model: _Model
-    params: SamplingParams
-    prompt_text: str
-    pending: list[int]
-    """Prompt tokens still to prefill."""
-    prompt_tokens: int
-    cached_tokens: int
-    eot_id: int
-    started_s: float = field(default_factory=time.monotonic)
-    first_token_s: float | None = None
-    generated: list[int] = field(default_factory=list)
-    final_tokens: int = 0
-    """Generated tokens whose text is final and streamed: they end on a character boundary."""
-    tail_chars: int = 0
-    """Characters streamed from the tokens after ``final_tokens``."""
-    last_emit_s: float = 0.0
-    finish_reason: FinishReason | None = None
-    row: int = -1
-    """Its row in its model's prefill batch, then in its decode batch."""
-    group: _Group | None = None
-    """In ``hybrid`` mode: the request's other samples (nothing streams; one is chosen)."""
-
-    @property
-    def conversation(self) -> str:
-        return self.work.request.conversation
-
-
-@dataclass(eq=False)
-class _Group:
-    """The ``n`` samples of one ``hybrid`` request, and what the choice also weighs."""
-
-    work: Work
-    size: int
-    prompt_text: str
-    remembered: list[str]
-    entry: CacheEntry | None
-    """The conversation's cache entry before this request (kept if a remembered line wins)."""
-    done: list[tuple[_Sequence, str, CacheEntry | None]] = field(default_factory=list)
-    """Each finished sample: its sequence, its reply and the cache entry it would leave."""
 
 
 class Scheduler:
@@ -168,14 +111,14 @@ class Scheduler:
         self._swap_lock = threading.Lock()
         self._pending_swap: Checkpoint | None = None
         self._model = self._load(checkpoint)
-        self._old_models: list[_Model] = []
+        self._old_models: list[ServedModel] = []
         self._waiting: deque[Work] = deque()
         self._outputs: list[Output] = []
         self._cache = ContextCache(engine.cache_bytes, self._spill)
         self.metrics = metrics or EngineMetrics(checkpoint.preset)
         self.stats = Stats(model_version=checkpoint.version)
 
-    def _load(self, checkpoint: Checkpoint) -> _Model:
+    def _load(self, checkpoint: Checkpoint) -> ServedModel:
         model, max_batch = checkpoint.model, self._engine.max_batch
         self._replies.prepare(checkpoint)
         decoder = serving_copy(model, self._decode_dtype)
@@ -186,7 +129,7 @@ class Scheduler:
         cuda_graphs = self._engine.cuda_graphs and self._device.type == "cuda"
         tok = checkpoint.tokenizer
         banned = sorted(tok.special_ids - ({tok.eot_id} if not self._ignore_eot else set()))
-        return _Model(
+        return ServedModel(
             checkpoint,
             prefill=PrefillBatch(model, decoder, prefill_rows),
             decode=DecodeBatch(model, decoder, max_batch, cuda_graphs=cuda_graphs),
@@ -297,7 +240,7 @@ class Scheduler:
         if old.rows:
             self._old_models.append(old)
         # Sequences still prefilling restart on the new model: nothing was generated yet.
-        self._waiting.extendleft(reversed(_works_of(old.prefilling)))
+        self._waiting.extendleft(reversed(works_of(old.prefilling)))
         old.prefilling.clear()
         old.prefill.clear()
         if not old.rows and old.version != checkpoint.version:
@@ -368,12 +311,12 @@ class Scheduler:
         copies = self._rows_per_request
         group = None
         if mode == "hybrid":
-            group = _Group(work, copies, prompt.truncated, remembered, entry)
+            group = SampleGroup(work, copies, prompt.truncated, remembered, entry)
         for i in range(copies):
-            seq = _Sequence(
+            seq = Running(
                 work=work,
                 model=model,
-                params=_nth_sample(params, work, i),
+                params=nth_sample(params, work, i),
                 prompt_text=text,
                 pending=list(pending),
                 prompt_tokens=len(pending),
@@ -387,7 +330,7 @@ class Scheduler:
 
     @staticmethod
     def _fit_context(
-        pending: list[int], state: SeqState | None, max_new: int, model: _Model
+        pending: list[int], state: SeqState | None, max_new: int, model: ServedModel
     ) -> list[int]:
         """Keep a fresh prompt within a bounded model's window (the newest tokens win)."""
         limit = model.checkpoint.model.max_context
@@ -424,33 +367,33 @@ class Scheduler:
             self.metrics.prompt(seq.prompt_tokens)
             if self._accept(seq, token, now):
                 state = m.prefill.state(seq.row)
-                _remove_row(m.prefill, m.prefilling, seq)
+                remove_row(m.prefill, m.prefilling, seq)
                 self._finish(seq, state)
             else:
                 raw = m.prefill.raw_state(seq.row)
-                _remove_row(m.prefill, m.prefilling, seq)
+                remove_row(m.prefill, m.prefilling, seq)
                 self._join(seq, raw)
 
     # -- decoding ------------------------------------------------------------------------
 
-    def _join(self, seq: _Sequence, raw_state: object) -> None:
+    def _join(self, seq: Running, raw_state: object) -> None:
         """``seq`` decodes from now on: copy its state into a free row of its model's batch."""
         m = seq.model
         seq.row = m.decode.join(raw_state, seq.generated[-1])
         m.sampler.join(seq.row, seq.params, seq.generated)
         m.rows.append(seq)
 
-    def _leave(self, seq: _Sequence) -> SeqState | None:
+    def _leave(self, seq: Running) -> SeqState | None:
         """Free ``seq``'s decode row; its state if the context cache will want it."""
         m = seq.model
         row = seq.row
         state = m.decode.state(row) if m is self._model else None
-        moved_from = _remove_row(m.decode, m.rows, seq)
+        moved_from = remove_row(m.decode, m.rows, seq)
         if moved_from is not None:
             m.sampler.move(moved_from, row)
         return state
 
-    def _decode_step(self, m: _Model) -> None:
+    def _decode_step(self, m: ServedModel) -> None:
         if not m.rows:
             return
         logits = m.decode.step()  # (n, V)
@@ -464,7 +407,7 @@ class Scheduler:
         for seq in finished:
             self._finish(seq, self._leave(seq))
 
-    def _accept(self, seq: _Sequence, token: int, now: float) -> bool:
+    def _accept(self, seq: Running, token: int, now: float) -> bool:
         """Record a sampled token; whether the sequence is done. Streams progress when due."""
         if seq.first_token_s is None:
             seq.first_token_s = now
@@ -481,13 +424,13 @@ class Scheduler:
         return seq.finish_reason is not None
 
     @staticmethod
-    def _hit_stop(seq: _Sequence) -> bool:
+    def _hit_stop(seq: Running) -> bool:
         # Only the tail can hold a stop string that was not there one token ago.
         width = STOP_TAIL_TOKENS_PER_CHAR * max(len(s) for s in seq.params.stop) + 1
         tail = seq.model.checkpoint.tokenizer.decode(seq.generated[-width:])
         return any(stop in tail for stop in seq.params.stop)
 
-    def _progress(self, seq: _Sequence, now: float) -> None:
+    def _progress(self, seq: Running, now: float) -> None:
         # Only the tokens after the last character boundary are decoded: text decoded up to a
         # complete character never changes (decoding concatenates there), so streaming costs
         # O(1) per token rather than a decode of the whole reply each time.
@@ -500,7 +443,7 @@ class Scheduler:
         if stable == tail:
             seq.final_tokens, seq.tail_chars = len(seq.generated), 0
 
-    def _finish(self, seq: _Sequence, state: SeqState | None) -> None:
+    def _finish(self, seq: Running, state: SeqState | None) -> None:
         reply, entry = self._settle(seq, state)
         if seq.group is not None:
             self._finish_sample(seq.group, seq, reply, entry)
@@ -510,12 +453,12 @@ class Scheduler:
         self.metrics.replied("generated")
         self._outputs.append(Finished(seq.work, self._reply(seq, reply)))
 
-    def _settle(self, seq: _Sequence, state: SeqState | None) -> tuple[str, CacheEntry | None]:
+    def _settle(self, seq: Running, state: SeqState | None) -> tuple[str, CacheEntry | None]:
         """``seq``'s reply text, and the cache entry its state makes (if it is to be kept)."""
         ckpt = seq.model.checkpoint
         raw = ckpt.tokenizer.decode(seq.generated)
         # Tidy like every stored turn, so the next prompt reproduces it (and hits the cache).
-        reply = clean_text(_cut_at_stop(raw, seq.params.stop))
+        reply = clean_text(cut_at_stop(raw, seq.params.stop))
         if state is None or seq.model is not self._model:
             return reply, None
         # The state has consumed every generated token but the last one sampled (after
@@ -528,7 +471,7 @@ class Scheduler:
         return reply, CacheEntry(ckpt.version, seq.prompt_text + consumed, state)
 
     def _finish_sample(
-        self, group: _Group, seq: _Sequence, reply: str, entry: CacheEntry | None
+        self, group: SampleGroup, seq: Running, reply: str, entry: CacheEntry | None
     ) -> None:
         """One of a ``hybrid`` request's samples is done; with the last, choose and answer."""
         group.done.append((seq, reply, entry))
@@ -550,7 +493,7 @@ class Scheduler:
         self._send_remembered(group.work, seq.model, chosen, group.entry, seq.started_s)
 
     def _send_remembered(
-        self, work: Work, model: _Model, text: str, entry: CacheEntry | None, started_s: float
+        self, work: Work, model: ServedModel, text: str, entry: CacheEntry | None, started_s: float
     ) -> None:
         """Answer ``work`` with a remembered line. The conversation's cached state stays
         valid: what it consumed is still a prefix of the conversation."""
@@ -573,7 +516,7 @@ class Scheduler:
         )
         self._outputs.append(Finished(work, reply))
 
-    def _reply(self, seq: _Sequence, text: str) -> Reply:
+    def _reply(self, seq: Running, text: str) -> Reply:
         now = time.monotonic()
         work = seq.work
         first = seq.first_token_s or now
@@ -597,7 +540,7 @@ class Scheduler:
 
     def _fail_all(self, failure: Failure, detail: str) -> None:
         for m in (*self._old_models, self._model):
-            for work in _works_of([*m.prefilling, *m.rows]):
+            for work in works_of([*m.prefilling, *m.rows]):
                 self._outputs.append(Failed(work, failure, detail))
             m.prefilling.clear()
             m.rows.clear()
@@ -617,41 +560,3 @@ class Scheduler:
         self.stats.model_version = self._model.version
         self.stats.cache_bytes = self._cache.nbytes
         self.metrics.set_load(running, waiting, self._cache.nbytes)
-
-
-def _remove_row(batch: SlotBatch, seqs: list[_Sequence], seq: _Sequence) -> int | None:
-    """Take ``seq`` out of ``batch`` (``seqs[i]`` sits in row i); the last row moves into
-    its place. Returns the row the mover came from, if one moved."""
-    row = seq.row
-    moved_from = batch.leave(row)
-    if moved_from is not None:
-        mover = seqs[moved_from]
-        mover.row = row
-        seqs[row] = mover
-    seqs.pop()
-    seq.row = -1
-    return moved_from
-
-
-def _works_of(seqs: list[_Sequence]) -> list[Work]:
-    """The requests ``seqs`` answer, in order, each once (a ``hybrid`` one has several)."""
-    seen: set[int] = set()
-    works = []
-    for seq in seqs:
-        if id(seq.work) not in seen:
-            seen.add(id(seq.work))
-            works.append(seq.work)
-    return works
-
-
-def _nth_sample(params: SamplingParams, work: Work, i: int) -> SamplingParams:
-    """The ``i``-th sample's parameters: a seeded request's samples each get their own seed."""
-    seed = work.request.sampling.seed
-    if i == 0 or seed is None:
-        return params  # unseeded rows already draw apart (one draw for the whole batch)
-    return dataclasses.replace(params, generator=make_generator(seed + i))
-
-
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
-    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
