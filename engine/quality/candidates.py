@@ -43,7 +43,9 @@ SEARCH_ROWS_PER_REPLY = 4
 """Matches read per reply wanted: room for repeats and for what ``allow`` refuses."""
 MAX_QUERY_WORDS = 8
 COMMON_TERM_SHARE = 0.02
-"""A query word in more turns than this share of the index is left out (see ``_rarest``)."""
+"""A query word in more turns than this share of the index is left out (see ``_rarest``),"""
+COMMON_TERM_MIN_TURNS = 500
+"""...and in more than this many turns (a small index is fast to rank whatever the query)."""
 """Words of the user's message in the full-text query: its rarest in the index."""
 _TERM = re.compile(r"[^\W_]+")
 """A query word: a run of letters and digits, as FTS5's default tokenizer splits text."""
@@ -103,7 +105,8 @@ class ReplyIndex:
 
     def _rarest(self, terms: list[str]) -> list[str]:
         """The ``MAX_QUERY_WORDS`` indexed terms of ``terms`` in the fewest turns, leaving
-        out those in more than :data:`COMMON_TERM_SHARE` of them unless nothing else is left.
+        out common ones (in more than :data:`COMMON_TERM_SHARE` of the turns and more than
+        :data:`COMMON_TERM_MIN_TURNS`) unless nothing else is left (then the rarest one).
 
         Words in nearly every turn ("i", "you") barely move BM25's ranking but make the
         query rank most of the index (a fifth of a second on 100k pairs); the rarest words
@@ -112,7 +115,7 @@ class ReplyIndex:
         if not terms:
             return []
         found = sorted(((t, self._docs[t]) for t in terms if t in self._docs), key=_by_count)
-        common = COMMON_TERM_SHARE * self.size
+        common = max(COMMON_TERM_SHARE * self.size, COMMON_TERM_MIN_TURNS)
         kept = [term for term, doc in found if doc <= common] or [t for t, _ in found[:1]]
         return kept[:MAX_QUERY_WORDS]
 
