@@ -11,8 +11,10 @@ its ``regenerate`` action a blocked reply is asked for again (:func:`bot.safety.
 up to ``regenerate_attempts`` times: only the first attempt streams (what the guard releases),
 a later attempt's text arrives whole in the final ``Done`` (which replaces what was shown: the
 pump edits the platform message, the page its bubble), and the replacement is sent only if
-every attempt is blocked or asking again fails. The caller sees one reply to its request: every
-event carries the request's own id, numbered on from the last one it was given.
+every attempt is blocked or asking again fails; then the stored reply is amended to read the
+replacement (a ``ControlRequest`` ``amend``), so the blocked text does not stay in the
+conversation's history either. The caller sees one reply to its request: every event carries
+the request's own id, numbered on from the last one it was given.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import msgspec
 from adapters.metrics import AdapterMetrics
 from bot.errors import ParleyError
 from bot.safety import SafetyFilter, StreamGuard, Verdict, regeneration
-from bot.wire import ChatRequest, Delta, Done, Error, ErrorCode, ReplyEvent, Request
+from bot.wire import ChatRequest, ControlRequest, Delta, Done, Error, ErrorCode, ReplyEvent, Request
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,34 @@ class Replies:
         assert blocked is not None
         reason = "failed" if isinstance(final, Error) else "blocked"
         self._metrics.regenerate_fallbacks.labels(self.adapter_id, reason).inc()
+        await self._amend(request, safety.replacement)
         yield _as_request(blocked, request, seq, text=safety.replacement)
+
+    async def _amend(self, request: ChatRequest, text: str) -> None:
+        """Have the engine make the stored reply to ``request`` read ``text`` (what the user
+        is shown); a failure is logged, and the reply goes on."""
+        amend = ControlRequest(
+            id=f"{request.id}~amend",
+            conversation=request.conversation,
+            reply_to=request.reply_to,
+            command="amend",
+            user=request.user,
+            created_ms=now_ms(),
+            target=request.id,
+            text=text,
+        )
+        final: ReplyEvent | None = None
+        try:
+            async with closing_iter(self.client.stream(amend, timeout_s=AMEND_TIMEOUT_S)) as events:
+                async for event in events:
+                    if not isinstance(event, Delta):
+                        final = event
+                        break
+        except ParleyError as e:
+            log.warning("request %s: amending the stored reply failed: %s", request.id, e)
+            return
+        if not isinstance(final, Done):
+            log.warning("request %s: the stored reply was not amended (%r)", request.id, final)
 
     def _judge(self, done: Done, safety: SafetyFilter) -> Verdict:
         """The filter's verdict on a whole reply; a blocked one is counted and logged (its
@@ -253,3 +282,5 @@ def _as_request(event: _E, request: ChatRequest, seq: int, **changes: str) -> _E
 
 
 UNAVAILABLE_MESSAGE = "The bot is not available right now. Please try again later."
+AMEND_TIMEOUT_S = 10.0
+"""How long a fallback waits for the engine to amend the stored reply before it goes on."""

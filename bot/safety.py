@@ -10,9 +10,9 @@ reply's text, returning true to block). What happens to a reply that matches is 
 - ``regenerate``: the engine is asked for a new reply to the same message
   (:func:`regeneration`: a derived request id, another seed, ``ChatRequest.regenerates``), up
   to ``regenerate_attempts`` times; the first that passes is the reply, and only if every one
-  is blocked too does the reply become ``replacement``. The engine replaces the blocked
-  exchange in the stored history (and the archive replaces the blocked reply), and the new
-  prompt does not contain it.
+  is blocked too does the reply become ``replacement`` (and the stored reply is amended to
+  read it). The engine replaces the blocked exchange in the stored history (and the archive
+  replaces the blocked reply), and the new prompt does not contain it.
 
 A classifier's verdict is never ``mask`` (it judges whole replies, not spans).
 

@@ -162,7 +162,26 @@ class ConversationStore:
         """Queue into ``pipe`` the spilled model state of ``conversation`` (with the TTL)."""
         pipe.set(keys.state(conversation), data, ex=self.ttl_s)
 
-    # -- reset, forget and consent -----------------------------------------------------
+    # -- amend, reset, forget and consent ----------------------------------------------
+
+    async def amend(self, conversation: str, request_id: str, text: str) -> bool:
+        """Make the stored reply to message ``request_id`` read ``text``, in its place;
+        whether there was one to amend."""
+        key = keys.history(conversation)
+        stored = await self._call(self.redis.lrange(key, 0, -1), f"read {conversation}")
+        old = [
+            raw
+            for raw, turn in decode_entries(stored)
+            if turn.request_id == request_id and turn.role == "bot"
+        ]
+        if not old:
+            return False
+        new = wire.encode_turn(Turn("bot", text), request_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.linsert(key, "BEFORE", old[-1], new)  # type: ignore[arg-type]  # (bytes, as stored)
+        pipe.lrem(key, -1, old[-1])  # type: ignore[arg-type]
+        await self._run(pipe, f"amend {conversation}")
+        return True
 
     async def reset(self, conversation: str) -> None:
         """Delete ``conversation``'s history and spilled state."""

@@ -81,12 +81,15 @@ class ChatRequest(_Message, frozen=True, tag="chat"):
         return self.regenerates or self.id
 
 
-ControlCommand = Literal["reset", "forget"]
+ControlCommand = Literal["reset", "forget", "amend"]
 
 
 class ControlRequest(_Message, frozen=True, tag="control"):
     """A command for the engine about a conversation: ``reset`` clears its context,
-    ``forget`` deletes everything stored about ``user``."""
+    ``forget`` deletes everything stored about ``user``, ``amend`` makes the stored reply to
+    message ``target`` read ``text`` (what the user was shown instead: the safety filter's
+    replacement after every regenerated reply was blocked too) and drops the cached state
+    that read the original."""
 
     id: str
     conversation: str
@@ -94,6 +97,8 @@ class ControlRequest(_Message, frozen=True, tag="control"):
     command: ControlCommand
     user: str = ""
     created_ms: int = 0
+    target: str = ""
+    text: str = ""
 
 
 Request = ChatRequest | ControlRequest

@@ -36,6 +36,7 @@ FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
 CONTROL_MESSAGES: dict[ControlCommand, str] = {
     "reset": "Conversation reset: I've forgotten what we talked about.",
     "forget": "Done: everything stored about you has been deleted.",
+    "amend": "Done: the stored reply was amended.",
 }
 """The answer to each applied control request."""
 

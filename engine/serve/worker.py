@@ -227,10 +227,14 @@ class EngineWorker:
         return queue
 
     async def _apply_control(self, control: Control) -> None:
-        """Delete what the store holds for a reset conversation, or for a forgotten user."""
+        """Delete what the store holds for a reset conversation, or for a forgotten user;
+        amend a stored reply."""
         req = control.request
         if req.command == "forget" and req.user:
             await self._store.forget(req.user, also=[req.conversation])
+        elif req.command == "amend":
+            if not await self._store.amend(req.conversation, req.target, req.text):
+                log.info("request %s: no stored reply to %s to amend", req.id, req.target)
         else:
             await self._store.reset(req.conversation)
 

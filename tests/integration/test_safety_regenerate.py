@@ -177,12 +177,11 @@ async def test_every_attempt_blocked_sends_the_replacement_and_keeps_one_exchang
     assert isinstance(only, Done) and only.text == "[x]" and only.request_id == "r2"
     exchanges = await logged(redis)
     assert [x.request_id for x in exchanges] == ["r2", "r2~regen1", "r2~regen2"]
-    last = exchanges[-1]
-    # The last attempt replaced the earlier ones: one exchange in the history (still a blocked
-    # reply, which the user never saw; the archive keeps it out of training only through
-    # exclude_from_training, tests/unit/test_safety_regenerate.py).
+    # One exchange in the history, and its reply is what the user was shown. (The archive
+    # still gets the last attempt's blocked reply from the log; exclude_from_training keeps it
+    # out of training: tests/unit/test_safety_regenerate.py.)
     history = await ConversationStore(redis, ttl_s=600).history(conv)
-    assert history == (Turn("user", TEXT), Turn("bot", last.reply))
+    assert history == (Turn("user", TEXT), Turn("bot", "[x]"))
     labels = {"adapter": "web-1", "reason": "blocked"}
     assert registry.get_sample_value("parley_adapter_regenerate_fallbacks_total", labels) == 1
 
@@ -222,3 +221,12 @@ async def test_the_store_replaces_a_regenerated_exchange_wherever_it_is(
     )
     (again,) = (await store.load([conv])).values()
     assert len(again.without("x")[1]) == 2  # the new exchange is the one a next attempt replaces
+    # A fallback amends a stored reply in its place.
+    assert await store.amend(conv, "y", "[x]")
+    assert not await store.amend(conv, "nothing", "[x]")
+    assert await store.history(conv) == (
+        Turn("user", "q y"),
+        Turn("bot", "[x]"),
+        Turn("user", "q x"),
+        Turn("bot", "kinder"),
+    )

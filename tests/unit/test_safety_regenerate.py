@@ -18,21 +18,40 @@ from bot.archive import Archive
 from bot.errors import ConfigError
 from bot.safety import SafetyFilter, regeneration, regeneration_seed, training_exclusion
 from bot.settings import SafetySettings, Settings, load_settings
-from bot.wire import ChatRequest, Delta, Done, Error, Exchange, ReplyEvent, Request, Sampling, Turn
+from bot.wire import (
+    ChatRequest,
+    ControlRequest,
+    Delta,
+    Done,
+    Error,
+    Exchange,
+    ReplyEvent,
+    Request,
+    Sampling,
+    Turn,
+)
 
 REQUEST = ChatRequest(id="r1", conversation="web:c:c", reply_to="web-1", text="hi", user="c")
 
 
 class ScriptedClient:
-    """Answers each request id with its scripted events (a request it has no script for fails
-    the test); records every request asked, in order."""
+    """Answers each chat request id with its scripted events (a request it has no script for
+    fails the test) and every control request as the engine does (``Done``, or
+    ``control_answer``); records every request asked, in order."""
 
-    def __init__(self, scripts: dict[str, list[ReplyEvent]]) -> None:
+    def __init__(
+        self, scripts: dict[str, list[ReplyEvent]], control_answer: ReplyEvent | None = None
+    ) -> None:
         self.scripts = scripts
+        self.control_answer = control_answer
         self.asked: list[ChatRequest] = []
+        self.controls: list[ControlRequest] = []
 
     async def stream(self, request: Request, *, timeout_s: float) -> AsyncIterator[ReplyEvent]:
-        assert isinstance(request, ChatRequest)
+        if isinstance(request, ControlRequest):
+            self.controls.append(request)
+            yield self.control_answer or Done(request_id=request.id, seq=0, text="ok")
+            return
         self.asked.append(request)
         for event in self.scripts[request.id]:
             yield event
@@ -148,6 +167,10 @@ async def test_every_attempt_blocked_falls_back_to_the_replacement() -> None:
     assert metric(registry, "parley_adapter_replies_regenerated_total") == 3
     assert metric(registry, "parley_adapter_replies_filtered_total", reason="blocklist") == 4
     assert metric(registry, "parley_adapter_regenerate_fallbacks_total", reason="blocked") == 1
+    # The stored reply is amended to what the user is shown.
+    (amend,) = client.controls
+    assert (amend.command, amend.target, amend.text) == ("amend", "r1", "[withheld]")
+    assert amend.conversation == REQUEST.conversation
 
 
 async def test_a_failed_regeneration_falls_back_to_the_replacement_not_to_the_error() -> None:
@@ -159,6 +182,20 @@ async def test_a_failed_regeneration_falls_back_to_the_replacement_not_to_the_er
     assert isinstance(events[-1], Done) and events[-1].text == "[withheld]"
     assert events[-1].request_id == "r1"
     assert metric(registry, "parley_adapter_regenerate_fallbacks_total", reason="failed") == 1
+    assert [c.command for c in client.controls] == ["amend"]
+
+
+async def test_a_failed_amend_is_logged_and_the_replacement_still_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    unavailable = Error(request_id="r1~amend", seq=0, code="unavailable", message="away")
+    client = ScriptedClient(
+        {"r1": reply("r1", "darn"), "r1~regen1": reply("r1~regen1", "darn")}, unavailable
+    )
+    replies, _ = filtered(client, attempts=1)
+    events = await collect(replies)
+    assert isinstance(events[-1], Done) and events[-1].text == "[withheld]"
+    assert "not amended" in caplog.text
 
 
 async def test_the_request_failing_itself_is_passed_on_without_regenerating() -> None:
@@ -166,7 +203,7 @@ async def test_the_request_failing_itself_is_passed_on_without_regenerating() ->
     client = ScriptedClient({"r1": [busy]})
     replies, registry = filtered(client)
     assert await collect(replies) == [busy]
-    assert len(client.asked) == 1
+    assert len(client.asked) == 1 and not client.controls
     assert metric(registry, "parley_adapter_replies_regenerated_total") == 0
 
 
