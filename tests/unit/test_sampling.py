@@ -110,6 +110,18 @@ def test_samples_follow_the_distribution() -> None:
     assert 0.70 < counts[3] / 2000 < 0.80
 
 
+def test_samples_follow_the_distribution_across_cdf_blocks() -> None:
+    # Mass in three of four blocks of 64 ids (200 padded to 256), none in the padding.
+    probs = torch.zeros(1, 200)
+    probs[0, [5, 70, 199]] = torch.tensor([0.2, 0.3, 0.5])
+    gen = make_generator(1)
+    drawn = torch.cat([sample(probs, [gen]) for _ in range(3000)])
+    counts = torch.bincount(drawn, minlength=200)
+    assert counts.sum() == counts[[5, 70, 199]].sum() == 3000
+    for token, p in ((5, 0.2), (70, 0.3), (199, 0.5)):
+        assert abs(counts[token] / 3000 - p) < 0.04
+
+
 def test_sample_next_chain() -> None:
     rows = [SamplingParams(temperature=0.0), SamplingParams(top_k=1)]
     rows += [SamplingParams(), SamplingParams()]
