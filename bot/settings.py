@@ -219,7 +219,7 @@ class ReplySettings(_Section):
     those ``k``, sent whole once chosen. The default is what ``bench/quality.py`` found best."""
     n: int = Field(4, ge=1, le=16)
     """Sampled candidates in ``hybrid`` mode."""
-    k: int = Field(16, ge=1, le=64)
+    k: int = Field(8, ge=1, le=64)
     """Remembered candidates (``retrieve`` and ``hybrid``)."""
     ranking: Literal["likelihood", "pmi"] = "pmi"
     """The model's score of a candidate: its length-normalised log-likelihood given the
