@@ -293,7 +293,8 @@ class Scheduler:
         remembered = [] if mode == "generate" else self._replies.remembered(ckpt, work.request.text)
         if mode == "retrieve" and remembered:
             chosen = self._replies.choose(ckpt, prompt.truncated, remembered, work.history)
-            self._send_remembered(work, model, chosen, entry, started_s)
+            prompt_tokens = len(ckpt.tokenizer.encode(prompt.truncated))
+            self._send_remembered(work, model, chosen, entry, started_s, prompt_tokens)
             return
         stored = work.request.history is None  # stored history is trimmed at the front
         match = self._cache.match(
@@ -490,10 +491,18 @@ class Scheduler:
                 self.metrics.replied("generated")
                 self._outputs.append(Finished(group.work, self._reply(sample, text)))
                 return
-        self._send_remembered(group.work, seq.model, chosen, group.entry, seq.started_s)
+        self._send_remembered(
+            group.work, seq.model, chosen, group.entry, seq.started_s, seq.prompt_tokens
+        )
 
     def _send_remembered(
-        self, work: Work, model: ServedModel, text: str, entry: CacheEntry | None, started_s: float
+        self,
+        work: Work,
+        model: ServedModel,
+        text: str,
+        entry: CacheEntry | None,
+        started_s: float,
+        prompt_tokens: int,
     ) -> None:
         """Answer ``work`` with a remembered line. The conversation's cached state stays
         valid: what it consumed is still a prefix of the conversation."""
@@ -507,7 +516,7 @@ class Scheduler:
         reply = Reply(
             text=text,
             finish_reason="stop",
-            prompt_tokens=0,
+            prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
             queue_ms=max(0.0, started_s - work.received_s) * 1000 if work.received_s else 0.0,
             ttft_ms=(now - started_s) * 1000,

@@ -80,6 +80,9 @@ def test_retrieve_answers_with_a_remembered_line_whole(ckpt: Checkpoint) -> None
     [done] = finished(outputs)
     assert done.reply.text in TEA_LINES
     assert done.reply.finish_reason == "stop" and done.reply.completion_tokens > 0
+    assert done.reply.prompt_tokens == len(
+        ckpt.tokenizer.encode("<|user|>do you like tea?<|eot|><|bot|>")
+    )
     sent = registry.get_sample_value(
         "parley:replies_total", {"model_name": ckpt.preset, "source": "remembered"}
     )
