@@ -281,9 +281,78 @@ def render_e2e(r: dict[str, Any]) -> list[str]:
     ]
 
 
+MODE_LABELS = {
+    "generate": "`generate`",
+    "retrieve": "`retrieve`, likelihood",
+    "retrieve_pmi": "`retrieve`, PMI",
+    "hybrid": "`hybrid`, likelihood",
+    "hybrid_pmi": "`hybrid`, PMI",
+}
+
+
+def render_quality(name: str, r: dict[str, Any]) -> list[str]:
+    """bench/quality.py: the judge's figures per reply mode, and the sample replies."""
+    human, rand = r["human"]["judge_score"], r["random"]["judge_score"]
+    lines = [
+        f"**Do replies fit the conversation?** — `python bench/quality.py` "
+        f"({describe_run(name, r)}; {r['contexts']} contexts of the {r.get('split', 'test')} "
+        f"split). The judge ({r['settings']['judge']}) scores the cosine between the user's "
+        f"message and the reply: human replies {human:.3f}, random human replies (the "
+        f"baseline: another conversation's reply) {rand:.3f}. Preference: the share of "
+        "contexts where it scores Parley's reply above the random one; relative: "
+        "(Parley − random) / (human − random). Served by default: "
+        f"{MODE_LABELS.get(r['default_mode'], r['default_mode'])}.",
+        "",
+        "| mode | judge preference | relative score | word validity | reply chars "
+        "| remembered lines |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, f in r["modes"].items():
+        label = MODE_LABELS.get(mode, mode) + (" (default)" if mode == r["default_mode"] else "")
+        lines.append(
+            f"| {label} | {f['judge_preference']:.1%} | {f['judge_relative_score']:.2f} "
+            f"| {f['word_validity']:.1%} | {f['reply_chars']:.0f} "
+            f"| {f.get('remembered_share', 0.0):.0%} |"
+        )
+    modes = list(r["modes"])
+    lines += [
+        "",
+        "Sample replies (no history; the five fixed prompts):",
+        "",
+        "| prompt | " + " | ".join(MODE_LABELS.get(m, m) for m in modes) + " |",
+        "|---" * (len(modes) + 1) + "|",
+    ]
+    for sample in r["samples"]:
+        cells = [_cell(sample["prompt"]), *(_cell(sample[m]) for m in modes)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + render_notes(r)
+
+
+def _cell(text: str, limit: int = 80) -> str:
+    """A reply as one table cell: one line, pipes escaped, long ones cut."""
+    flat = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    flat = flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+    return flat.replace("|", "\\|") or "(empty)"
+
+
+def render_eval(name: str, r: dict[str, Any]) -> list[str]:
+    """``parley eval --json`` of a checkpoint, saved with ``bench.report --save``."""
+    return [
+        f"**The model's own figures** — `parley eval {r['checkpoint']} --json` "
+        f"({describe_run(name, r)}; test split, {r['contexts']} contexts): "
+        f"{r['test_bpc']:.3f} bits/char; R@1 of 10 {r['r_at_1']:.3f} by likelihood, "
+        f"{r.get('r_at_1_pmi', float('nan')):.3f} by PMI, against a TF-IDF ranker's "
+        f"{r['r_at_1_tfidf']:.3f} (the floor) and chance's 0.100; "
+        f"{r['word_validity']:.1%} of generated words valid (strict), replies of "
+        f"{r['reply_chars']:.0f} characters, distinct-2 {r['distinct_2']:.2f}.",
+    ]
+
+
 RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
     "peers-": render_peers,
     "serving-": render_engine,
+    "quality-": render_quality,
+    "eval-": render_eval,
 }
 
 
