@@ -74,6 +74,9 @@ PLOT_FILE = "loss.png"
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HASH_CHUNK = 1 << 20
+CACHE_KEEP = 3
+"""Versions a URL registry's local cache keeps: the one just copied and the newest others;
+the rest are deleted when a version is copied in."""
 _PLOTS_DIR = ".plots"
 
 
@@ -377,7 +380,20 @@ class ModelRegistry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("copied model version %s from %s into %s", name, self.location, target)
+        self._prune_cache(keep=name)
         return target
+
+    def _prune_cache(self, keep: str) -> None:
+        """Keep ``keep`` and the newest others, :data:`CACHE_KEEP` in all; delete the rest. An
+        engine reads a version's files only while loading it, then serves from memory."""
+        others = sorted(
+            (int(m.group(1)), path)
+            for path in self.models_dir.iterdir()
+            if path.is_dir() and path.name != keep and (m := _VERSION_RE.match(path.name))
+        )
+        for _, path in others[: max(0, len(others) - (CACHE_KEEP - 1))]:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed cached model version %s (another one arrived)", path.name)
 
     def _download(self, name: str, into: Path) -> None:
         remote = f"{self._root}/{name}"

@@ -244,3 +244,20 @@ async def test_an_engine_elsewhere_serves_what_the_trainer_publishes(
     assert "v0003" not in served  # refused: v0002 served until the rollback
     assert not (cache / "v0003").exists()
     assert served[-1] == "v0001" and "v0002" in served  # back to v0001 after v0002
+
+
+async def test_the_cache_keeps_the_newest_copies_only(url: str, tmp_path: Path) -> None:
+    trainer, engine = host(url, tmp_path, "trainer"), host(url, tmp_path, "engine")
+    for i in range(5):
+        trainer.add(fake_checkpoint(tmp_path / f"ckpt{i}", 2.0 - i / 10))
+    cache = tmp_path / "engine" / "model-cache"
+
+    def cached() -> list[str]:
+        return sorted(p.name for p in cache.iterdir() if p.name.startswith("v"))
+
+    for version in ("v0001", "v0002", "v0003", "v0004"):
+        engine.get(version)
+    assert cached() == ["v0002", "v0003", "v0004"]
+    engine.get("v0001")  # a rollback: copied again, and kept however old
+    assert cached() == ["v0001", "v0003", "v0004"]
+    assert engine.get("v0001").path.is_dir()
