@@ -6,7 +6,8 @@ a timeout, Redis failing all become a final :class:`~bot.wire.Error` with a mess
 users), and it records the outcome in the adapter metrics with one log line per request.
 The web page, the OpenAI API, Discord and Telegram all reply through it.
 
-With a safety filter (:mod:`bot.safety`) it passes on only text the filter lets through. Under
+With a safety filter (:mod:`bot.safety`) it passes on only text the filter lets through, and
+a blocked reply is amended in the stored history to what the user is shown. Under
 its ``regenerate`` action a blocked reply is asked for again (:func:`bot.safety.regeneration`)
 up to ``regenerate_attempts`` times: only the first attempt streams (what the guard releases),
 a later attempt's text arrives whole in the final ``Done`` (which replaces what was shown: the
@@ -96,15 +97,20 @@ class Replies:
         elif safety.action == "regenerate" and isinstance(request, ChatRequest):
             raw = self._regenerating(request, safety, timeout_s=timeout_s, stream=retractable)
         else:
-            raw = self._filtered(self._events(request, timeout_s=timeout_s), safety)
+            raw = self._filtered(request, self._events(request, timeout_s=timeout_s), safety)
         async with aclosing(raw) as events:
             async for event in events:
                 yield event
 
     async def _filtered(
-        self, events: AsyncGenerator[ReplyEvent, None], safety: SafetyFilter
+        self,
+        request: ChatRequest | ControlRequest,
+        events: AsyncGenerator[ReplyEvent, None],
+        safety: SafetyFilter,
     ) -> AsyncGenerator[ReplyEvent, None]:
-        """Deltas of the text the guard releases; the final text as the filter judges it."""
+        """Deltas of the text the guard releases; the final text as the filter judges it. A
+        blocked chat reply is amended in the stored history to what the user is shown, so the
+        next prompt does not carry the blocked text."""
         guard = _Released(StreamGuard(safety))
         async with aclosing(events) as stream:
             async for event in stream:
@@ -116,6 +122,8 @@ class Replies:
                 if isinstance(event, Done):
                     verdict = self._judge(event, safety)
                     if verdict.blocked:
+                        if isinstance(request, ChatRequest):
+                            await self._amend(request, verdict.text)
                         event = msgspec.structs.replace(event, text=verdict.text)
                 yield event
 

@@ -230,3 +230,27 @@ async def test_the_store_replaces_a_regenerated_exchange_wherever_it_is(
         Turn("user", "q x"),
         Turn("bot", "kinder"),
     )
+
+
+@pytest.mark.parametrize("action", ["mask", "replace"])
+async def test_a_masked_or_replaced_reply_is_stored_as_the_user_saw_it(
+    redis: aioredis.Redis, settings: Settings, ckpt: Checkpoint, action: str
+) -> None:
+    conv = f"web:m:{action}"
+    async with (
+        running_engine(redis, settings, ckpt),
+        ParleyClient(redis, settings.redis, "web-1") as client,
+    ):
+        metrics = adapter_metrics(CollectorRegistry())
+        plain = Replies(client, adapter_id="web-1", timeout_s=30.0, metrics=metrics)
+        first = [e async for e in plain.events(chat("m0", f"{conv}-probe"))][-1]
+        assert isinstance(first, Done) and first.text
+        word = max(re.findall(r"\w+", first.text), key=len)  # the seeded model says it again
+        safety = SafetyFilter(blocklist=[word], action=action, replacement="[x]")  # type: ignore[arg-type]
+        replies = Replies(
+            client, adapter_id="web-1", timeout_s=30.0, metrics=metrics, safety=safety
+        )
+        final = [e async for e in replies.events(chat("m1", conv))][-1]
+    assert isinstance(final, Done) and word not in final.text
+    history = await ConversationStore(redis, ttl_s=600).history(conv)
+    assert history == (Turn("user", TEXT), Turn("bot", final.text))  # never the blocked text

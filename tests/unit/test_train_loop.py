@@ -9,9 +9,9 @@ import pytest
 from engine.checkpoint import load_checkpoint
 from engine.data.remembered import REPLIES_FILE, read_reply_pairs
 from engine.models.config import PRESETS
-from engine.train.evaluate import sample_replies
 from engine.quality.relevance import turns_of
 from engine.train.data import load_texts
+from engine.train.evaluate import sample_replies
 from engine.train.run import run_training
 from engine.train.state import STATE_DIR
 from tests.unit.test_train_helpers import (
