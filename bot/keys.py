@@ -188,3 +188,18 @@ def discord_reactions(request_id: str) -> str:
     ``request_id`` (member ``<value>:<message>:<user>:<emoji>[:super]``, score the time in ms
     it was added); the most recent one is the reply's feedback."""
     return f"{PREFIX}:discord:reactions:{request_id}"
+
+
+def discord_pending(adapter_id: str) -> str:
+    """Hash with TTL: request id -> JSON :class:`adapters.discord.owed.DiscordOwed`, one per
+    request of Discord adapter ``adapter_id`` whose reply is not delivered yet (written after
+    its submit, removed after its delivery; the hash's TTL is the reply streams'). A process
+    with the same adapter id delivers, once connected, the replies a dead one left here."""
+    return f"{PREFIX}:discord:pending:{adapter_id}"
+
+
+def discord_replied(request_id: str) -> str:
+    """String with TTL: set (NX) just before the first message of the reply to
+    ``request_id`` is posted; a process that finds it set posts nothing (the reply is out,
+    or its first post's outcome is unknown), so no reply is posted twice."""
+    return f"{PREFIX}:discord:replied:{request_id}"

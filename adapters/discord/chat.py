@@ -8,7 +8,9 @@ through a sink (typing indicator until the first message, edits at most once per
 ``edit_interval_s``, continuation messages past 2,000 characters). A failed reply becomes a
 short human message, never silence and never a traceback in the channel. The messages of a
 finished reply are remembered, so a 👍/👎 on them is feedback on it
-(:mod:`adapters.discord.reactions`).
+(:mod:`adapters.discord.reactions`). A chat reply is kept as owed from its submit until it is
+delivered (:mod:`adapters.discord.owed`), and its first message is posted only under its
+claim, so a later process delivers it if this one dies, and nobody posts it twice.
 
 Handlers run as tasks this class tracks, so :meth:`DiscordChat.drain` lets the replies in
 flight finish before the adapter stops.
@@ -28,10 +30,11 @@ import discord
 
 from adapters.discord import policy
 from adapters.discord.metrics import DiscordMetrics
+from adapters.discord.owed import DiscordOwed, Ledger
 from adapters.discord.policy import Incoming
-from adapters.discord.sinks import ChannelSink
+from adapters.discord.sinks import ChannelSink, Claim
 from adapters.discord.state import DiscordState
-from adapters.pump import MessageSink, StreamedReply, keep_typing, pump
+from adapters.pump import MessageSink, ReplyGone, StreamedReply, keep_typing, pump
 from adapters.replies import Replies, now_ms
 from bot.errors import ParleyError
 from bot.ratelimit import RateLimiter
@@ -85,9 +88,11 @@ class DiscordChat:
         limiter: RateLimiter,
         state: DiscordState,
         metrics: DiscordMetrics,
+        ledger: Ledger | None = None,
         chance: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
+        self.ledger = ledger
         self.replies = replies
         self.limiter = limiter
         self.state = state
@@ -165,14 +170,43 @@ class DiscordChat:
             user_id=incoming.author_id,
             chain_root=root,
         )
-        sink = ChannelSink(
-            message.channel,
-            reference=message,
+        owed = DiscordOwed(
+            request_id=request_id,
+            reply_to=self.adapter_id,
+            conversation=request.conversation,
+            user=request.user,
+            created_ms=request.created_ms,
+            channel_id=incoming.channel_id,
+            message_id=message.id,
+            chain_root=root,
+            in_thread=incoming.in_thread,
+        )
+        sink = self.reply_sink(message.channel, message, owed)
+        await self.stream(request, sink, typing=message.channel, owed=owed)
+
+    def reply_sink(
+        self,
+        channel: discord.abc.Messageable,
+        reference: discord.Message | discord.PartialMessage | None,
+        owed: DiscordOwed,
+    ) -> ChannelSink:
+        """Where the reply ``owed`` describes goes: ``channel``, answering ``reference``."""
+        return ChannelSink(
+            channel,
+            reference=reference,
             metrics=self.metrics,
             adapter_id=self.adapter_id,
-            on_sent=self._bookkeeping(incoming, root),
+            on_sent=self._bookkeeping(owed.channel_id, owed.in_thread, owed.chain_root),
+            claim=self.claim(owed.request_id),
         )
-        await self.stream(request, sink, typing=message.channel)
+
+    def claim(self, request_id: str) -> Claim:
+        """The claim under which the reply to ``request_id`` is posted (once, anywhere)."""
+
+        async def claim() -> bool:
+            return await self.state.claim_reply(request_id)
+
+        return claim
 
     async def refusal(self, user_id: int, text: str) -> str | None:
         """Why not to answer (a notice to send, or ``""`` to stay quiet), else ``None``."""
@@ -209,7 +243,7 @@ class DiscordChat:
         return incoming.message_id
 
     def _bookkeeping(
-        self, incoming: Incoming, root: int | None
+        self, channel_id: int, in_thread: bool, root: int | None
     ) -> Callable[[discord.Message], Awaitable[None]]:
         """What each message of a reply records for the next user message, as soon as it is
         posted: its link to the reply chain started at ``root`` (if any), and that the bot
@@ -219,8 +253,8 @@ class DiscordChat:
             try:
                 if root is not None:
                     await self.state.extend_chain([sent.id], root)
-                if incoming.in_thread:
-                    await self.state.join_thread(incoming.channel_id)
+                if in_thread:
+                    await self.state.join_thread(channel_id)
             except ParleyError as e:  # the reply goes on; only this bookkeeping is lost
                 self.metrics.errors.labels(self.adapter_id, "queue").inc()
                 log.warning("discord: message %s posted, not recorded: %s", sent.id, e)
@@ -241,8 +275,27 @@ class DiscordChat:
         sink: MessageSink[discord.Message],
         *,
         typing: discord.abc.Messageable | None,
+        owed: DiscordOwed | None = None,
     ) -> list[discord.Message]:
-        """Show ``request``'s reply through ``sink``; the messages it posted."""
+        """Show ``request``'s reply through ``sink``; the messages it posted. ``owed``: the
+        reply's record, kept from the submit until the reply is delivered."""
+        if owed is None or self.ledger is None:
+            return await self._show(request, sink, typing)
+        self.ledger.owe(owed)
+        delivered = False
+        try:
+            messages = await self._show(request, sink, typing)
+            delivered = True
+            return messages
+        finally:
+            await self.ledger.settle(request.id, delivered=delivered)
+
+    async def _show(
+        self,
+        request: ChatRequest,
+        sink: MessageSink[discord.Message],
+        typing: discord.abc.Messageable | None,
+    ) -> list[discord.Message]:
         reply: StreamedReply[discord.Message] = StreamedReply(
             sink,
             limit=MESSAGE_LIMIT,
@@ -262,11 +315,14 @@ class DiscordChat:
             return reply.messages
         if isinstance(final, Done) and reply.messages:
             await self._remember(request.id, reply.messages)
-        if isinstance(final, Error):
-            await sink.send(final.message, first=not reply.started)
-        elif not reply.started:
-            text = EMPTY_REPLY if isinstance(final, Done) else FAILED
-            await sink.send(text, first=True)
+        try:
+            if isinstance(final, Error):
+                await sink.send(final.message, first=not reply.started)
+            elif not reply.started:
+                text = EMPTY_REPLY if isinstance(final, Done) else FAILED
+                await sink.send(text, first=True)
+        except ReplyGone as e:  # claimed elsewhere, or the channel is gone
+            log.info("discord %s: the reply's last message was not posted: %s", request.id, e)
         return reply.messages
 
     async def _remember(self, request_id: str, messages: list[discord.Message]) -> None:

@@ -1,5 +1,6 @@
 """The discord.py client Parley runs: intents, no pings, 429s counted, commands synced,
-reactions handed on as feedback.
+reactions handed on as feedback, and the replies a dead process owed delivered once the
+gateway is ready.
 
 :func:`point_library_at` aims discord.py at the configured REST base and gateway, which is
 how Parley runs against a Discord-compatible server and the test fake.
@@ -16,6 +17,7 @@ import discord
 import yarl
 from discord.gateway import DiscordWebSocket
 
+from adapters.discord.adopt import Adoption
 from adapters.discord.chat import DiscordChat
 from adapters.discord.reactions import DiscordReactions, reaction_facts
 from adapters.discord.sinks import NO_PINGS
@@ -65,6 +67,7 @@ class ParleyDiscordClient(discord.Client):
         *,
         message_content: bool,
         ready: asyncio.Event | None = None,
+        adoption: Adoption | None = None,
     ) -> None:
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(self._count_429)
@@ -78,6 +81,7 @@ class ParleyDiscordClient(discord.Client):
         self.slash = slash
         self.reactions = reactions
         self.parley_ready = ready
+        self.adoption = adoption
         self.tree = slash.tree(self)
 
     async def setup_hook(self) -> None:
@@ -91,6 +95,8 @@ class ParleyDiscordClient(discord.Client):
             self.user.id,
             len(self.guilds),
         )
+        if self.adoption is not None:
+            self.chat.spawn(self.adoption.adopt(self), "adopting owed replies")
         if self.parley_ready is not None:
             self.parley_ready.set()
 

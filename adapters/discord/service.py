@@ -3,7 +3,9 @@
 It builds its own queue client (adapter id ``discord-<host>-<pid>`` unless set), the
 command layer, the per-user rate limiter and the discord.py client; serves until ``stop`` is
 set; then takes no new messages, lets the replies in flight finish (up to
-``reply_timeout_s``), and disconnects.
+``reply_timeout_s``), and disconnects. Each chat reply is kept as owed in Redis until it is
+delivered; once connected, a process delivers the replies an earlier one with the same
+adapter id left owed (:mod:`adapters.discord.adopt`).
 
 Without the privileged message-content intent (``message_content = false``, or Discord
 refusing it with close code 4014) the adapter still runs: it logs once what it cannot do and
@@ -20,18 +22,20 @@ import socket
 
 import discord
 
+from adapters.discord.adopt import Adoption
 from adapters.discord.chat import DiscordChat
 from adapters.discord.client import ParleyDiscordClient, point_library_at
 from adapters.discord.metrics import discord_metrics
+from adapters.discord.owed import Ledger, owed_replies
 from adapters.discord.reactions import DiscordReactions
 from adapters.discord.slash import SlashCommands
 from adapters.discord.state import DiscordState
 from adapters.metrics import adapter_metrics
 from adapters.replies import Replies
+from adapters.tracked import TrackedClient
 from bot import model_admin
 from bot.commands import Commands
 from bot.errors import ConfigError
-from bot.queue import ParleyClient
 from bot.ratelimit import RateLimiter
 from bot.redis import Redis
 from bot.registry import ModelRegistry
@@ -66,7 +70,10 @@ async def serve(
     point_library_at(config)
     adapter_id = config.adapter_id or default_adapter_id()
     metrics = discord_metrics()
-    async with ParleyClient(redis, settings.redis, adapter_id) as queue:
+    pending = owed_replies(redis, adapter_id, settings.redis.reply_stream_ttl_s)
+    queue = TrackedClient(redis, settings.redis, adapter_id, pending)
+    async with queue:
+        ledger = Ledger(queue, pending)
         timeout_s = config.reply_timeout_s
         replies = Replies(
             queue,
@@ -84,7 +91,9 @@ async def serve(
             limiter=RateLimiter(redis, config.rate_limit),
             state=DiscordState(redis),
             metrics=metrics,
+            ledger=ledger,
         )
+        adoption = Adoption(chat, ledger, timeout_s=timeout_s)
         slash = SlashCommands(chat, commands)
         reactions = DiscordReactions(
             config, state=chat.state, commands=commands, metrics=metrics, adapter_id=adapter_id
@@ -94,7 +103,13 @@ async def serve(
             log.warning(WITHOUT_CONTENT, " (discord.message_content is off)")
         while True:
             client = ParleyDiscordClient(
-                config, chat, slash, reactions, message_content=content, ready=ready
+                config,
+                chat,
+                slash,
+                reactions,
+                message_content=content,
+                ready=ready,
+                adoption=adoption,
             )
             try:
                 await _run(client, token, chat, stop, drain_s=config.reply_timeout_s)

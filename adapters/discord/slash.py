@@ -3,7 +3,11 @@
 Each interaction is deferred first (Discord drops an interaction not acknowledged within
 3 s) and finished by a follow-up. What a command does lives in :class:`bot.commands.Commands`,
 with the admin check; this module only parses the interaction and presents the answer.
-``/chat`` goes down the chat path and streams its reply into the follow-up.
+``/chat`` goes down the chat path and streams its reply into the follow-up. Its reply is
+kept as owed like a message's (:mod:`adapters.discord.owed`); but an interaction's follow-ups
+need its token, which is not kept and expires after 15 minutes, so a later process delivers
+an owed ``/chat`` reply as a plain message in the interaction's channel, replying to nothing
+(:mod:`adapters.discord.adopt`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from discord import app_commands
 
 from adapters.discord import policy
 from adapters.discord.chat import FAILED, MESSAGE_LIMIT, DiscordChat
+from adapters.discord.owed import DiscordOwed
 from adapters.discord.sinks import NO_PINGS, FollowupSink
 from adapters.text import split_message
 from bot.commands import COMMANDS, Answer, Caller, Commands, CommandSpec
 from bot.errors import ParleyError
+from bot.wire import ChatRequest
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +108,11 @@ class SlashCommands:
         await interaction.response.defer(thinking=True)
         self.metrics.messages.labels(self.adapter_id, "command").inc()
         sink = FollowupSink(
-            interaction, ephemeral=False, metrics=self.metrics, adapter_id=self.adapter_id
+            interaction,
+            ephemeral=False,
+            metrics=self.metrics,
+            adapter_id=self.adapter_id,
+            claim=self.chat.claim(request_id),
         )
         try:
             if interaction.guild_id is None and not self.settings.allow_dms:
@@ -122,7 +132,7 @@ class SlashCommands:
                 user_id=interaction.user.id,
                 chain_root=None,
             )
-            await self.chat.stream(request, sink, typing=None)
+            await self.chat.stream(request, sink, typing=None, owed=_owed(interaction, request))
         except ParleyError as e:
             log.warning("discord /chat %s failed: %s", interaction.id, e)
             await sink.send(FAILED, first=True)
@@ -191,3 +201,17 @@ class SlashCommands:
         if not claimed:
             log.info("discord interaction %s was delivered again; already answered", request_id)
         return claimed
+
+
+def _owed(interaction: discord.Interaction, request: ChatRequest) -> DiscordOwed | None:
+    """The record of a ``/chat`` reply: its channel, and no message to answer."""
+    if interaction.channel_id is None:
+        return None
+    return DiscordOwed(
+        request_id=request.id,
+        reply_to=request.reply_to,
+        conversation=request.conversation,
+        user=request.user,
+        created_ms=request.created_ms,
+        channel_id=interaction.channel_id,
+    )

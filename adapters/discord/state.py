@@ -4,7 +4,9 @@ and the replies that reactions are feedback on.
 Kept in Redis rather than in the process so that a restarted adapter, or a second one, agrees:
 
 - a request id is *claimed* once (``SET NX``) before it is answered, so a message or
-  interaction the gateway delivers twice (a resume replay) is answered once;
+  interaction the gateway delivers twice (a resume replay) is answered once; its reply is
+  claimed again just before its first message is posted, so a process delivering a reply
+  another one left owed (:mod:`adapters.discord.owed`) never posts it twice;
 - each bot message of a reply chain points at the chain's first user message, so a reply to
   any of them continues the same conversation (``context = "reply-chain"``);
 - a thread the bot has answered in is *joined*: it answers every message there afterwards;
@@ -48,6 +50,14 @@ class DiscordState:
             return bool(await self.redis.set(key, b"1", nx=True, ex=CLAIM_TTL_S))
         except (RedisError, OSError) as e:
             raise QueueError(f"cannot claim {request_id}: {e}") from e
+
+    async def claim_reply(self, request_id: str) -> bool:
+        """True the first time the reply to ``request_id`` is about to be posted."""
+        key = keys.discord_replied(request_id)
+        try:
+            return bool(await self.redis.set(key, b"1", nx=True, ex=CLAIM_TTL_S))
+        except (RedisError, OSError) as e:
+            raise QueueError(f"cannot claim the reply to {request_id}: {e}") from e
 
     async def chain_root(self, message_id: int) -> int | None:
         """The first user message of the chain bot message ``message_id`` belongs to."""

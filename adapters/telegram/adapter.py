@@ -38,8 +38,7 @@ from telegram.error import TelegramError
 from adapters.pump import ReplyGone, StreamedReply, keep_typing, pump
 from adapters.replies import UNAVAILABLE_MESSAGE, Replies, closing_iter
 from adapters.telegram.metrics import TelegramMetrics
-from adapters.telegram.pending import PendingReplies, PendingReply, stream_id
-from adapters.telegram.queue import TrackedClient
+from adapters.telegram.pending import PendingReplies, PendingReply
 from adapters.telegram.sender import Sender, TelegramSink
 from adapters.telegram.updates import (
     BotIdentity,
@@ -52,9 +51,10 @@ from adapters.telegram.updates import (
     user_key,
 )
 from adapters.text import utf16_length
+from adapters.tracked import TrackedClient
 from bot import keys
 from bot.commands import Caller, Commands
-from bot.errors import ParleyError, QueueError
+from bot.errors import ParleyError
 from bot.queue import ParleyClient
 from bot.ratelimit import RateLimiter
 from bot.redis import Redis
@@ -173,18 +173,11 @@ class TelegramAdapter:
 
     async def _adopt_from(self, reply_to: str, records: list[PendingReply]) -> None:
         """Read ``reply_to``'s reply stream for ``records`` and deliver their replies."""
-        source = ParleyClient(self.redis, self.client.settings, reply_to)
         timeout_s = self.settings.reply_timeout_s
-        adopted = {r.request_id: source.adopt(r.request_id, timeout_s=timeout_s) for r in records}
-        try:  # from before the first event of any of them
-            await source.start(from_id=min((r.after for r in records), key=stream_id))
-        except QueueError as e:
-            log.warning("telegram: could not read %s for the replies owed: %s", reply_to, e)
-            await source.close()
+        source = await self.client.adopt_from(reply_to, records, timeout_s=timeout_s)
+        if source is None:
             return
-        for rid, events in adopted.items():
-            self.client.adopted(rid, events)
-            self._in_flight.add(rid)
+        self._in_flight.update(r.request_id for r in records)
         log.info("telegram: delivering %d repl(ies) owed by %s", len(records), reply_to)
         self._spawn(self._deliver_owed(source, records), f"tg-owed-{reply_to}")
 

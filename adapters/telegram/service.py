@@ -27,9 +27,9 @@ from adapters.telegram.lease import PollerLease
 from adapters.telegram.metrics import telegram_metrics
 from adapters.telegram.pending import PendingReplies
 from adapters.telegram.poller import Poller
-from adapters.telegram.queue import TrackedClient
 from adapters.telegram.updates import BotIdentity
 from adapters.telegram.webhook import serving_webhook
+from adapters.tracked import TrackedClient
 from bot import model_admin
 from bot.commands import COMMANDS, Commands
 from bot.errors import ConfigError
