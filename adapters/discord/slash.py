@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import Any
 
 import discord
@@ -24,6 +24,7 @@ from adapters.discord import policy
 from adapters.discord.chat import FAILED, MESSAGE_LIMIT, DiscordChat
 from adapters.discord.owed import DiscordOwed
 from adapters.discord.sinks import NO_PINGS, FollowupSink
+from adapters.pump import ReplyGone
 from adapters.text import split_message
 from bot.commands import COMMANDS, Answer, Caller, Commands, CommandSpec
 from bot.errors import ParleyError
@@ -135,7 +136,8 @@ class SlashCommands:
             await self.chat.stream(request, sink, typing=None, owed=_owed(interaction, request))
         except ParleyError as e:
             log.warning("discord /chat %s failed: %s", interaction.id, e)
-            await sink.send(FAILED, first=True)
+            with suppress(ReplyGone):  # the reply's first post was out already
+                await sink.send(FAILED, first=True)
 
     async def run_command(self, interaction: discord.Interaction, name: str, argument: str) -> None:
         """A shared command: defer (privately), run it in :class:`Commands`, follow up."""
