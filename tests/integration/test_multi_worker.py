@@ -53,7 +53,9 @@ pytestmark = pytest.mark.timeout(240)
 SHARDS = 4
 PER_SHARD = 2
 """Conversations per shard."""
-MAX_NEW_TOKENS = 300
+MAX_NEW_TOKENS = 3000
+"""Long enough that a reply is still streaming when a worker is killed or stopped (the tiny
+GRU writes 300 tokens in about 0.1 s on a quiet machine)."""
 STEP_S = 120.0
 """A bound on each wait, never an expectation (a loaded machine is slow, not wrong)."""
 HOLDS = re.compile(r"worker (\S+) now holds shards \[([\d, ]*)\]")
@@ -166,6 +168,7 @@ async def test_a_killed_worker_s_conversations_continue_on_the_other(
         "PARLEY_REDIS__SHARDS": str(SHARDS),
         "PARLEY_REDIS__CLAIM_IDLE_MS": "1000",
         "PARLEY_SAMPLING__MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
+        "PARLEY_SAMPLING__MAX_NEW_TOKENS_LIMIT": str(MAX_NEW_TOKENS),
     }
     changed = asyncio.Condition()
     port = free_port()
