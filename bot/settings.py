@@ -137,7 +137,8 @@ class DiscordSettings(_Section):
     gateway_url: str = "wss://gateway.discord.gg/"
     """Where the first gateway connection goes; resumes use the URL the gateway names."""
     adapter_id: str | None = None
-    """Defaults to ``discord-<host>-<pid>``."""
+    """Defaults to ``discord-<host>`` (stable across restarts, so a restarted adapter delivers
+    what its predecessor owed); set one per process to run two Discord adapters on a host."""
     guild_ids: list[int] = []
     """Slash commands are synced to these guilds (instant); empty: globally (up to an hour)."""
     admin_ids: list[int] = []

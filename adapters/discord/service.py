@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 
 import discord
@@ -52,7 +51,9 @@ WITHOUT_CONTENT = (
 
 
 def default_adapter_id() -> str:
-    return f"discord-{socket.gethostname()}-{os.getpid()}"
+    """``discord-<host>``: the same for a restarted process (one Discord adapter per host
+    and bot), so it delivers the replies its predecessor owed."""
+    return f"discord-{socket.gethostname()}"
 
 
 def _token(settings: DiscordSettings) -> str:
