@@ -17,9 +17,9 @@ Workloads:
   model's window, so every side sees the same tokens); the rate is ``--load`` x the requests/s
   Parley sustains when all of them arrive at once (its capacity for this traffic). Peers
   serve as a plain server would: whatever waits, up to 64, as one batch. Replies end at
-  end-of-turn, capped at 200 tokens. A model with random weights
-  never says end-of-turn, so for one (the starter predates Llama's layout) each reply ends
-  where the human reply it stands for ended (in tokens, capped), end-of-turn banned, on
+  end-of-turn, capped at 200 tokens. A model with random weights (a ``--checkpoint`` that
+  does not export, measured on a same-shape export) never says end-of-turn, so for one each
+  reply ends where the human reply it stands for ended (in tokens, capped), end-of-turn banned, on
   every side alike; the JSON says which (``reply_lengths``: ``model`` or ``data``).
 
 Per side: tokens/s (completion tokens over first arrival to last token), time to first token
