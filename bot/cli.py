@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,11 @@ def run_async(coro: Any) -> Any:
 
 
 def main() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then never turns it into
+    # KeyboardInterrupt: `parley ... &` could not be stopped the way the docs (and systemd's
+    # KillSignal=SIGINT) stop it. Parley always stops on SIGINT.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     cli(prog_name="parley")
 
 

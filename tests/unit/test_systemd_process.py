@@ -210,11 +210,13 @@ class ParleyProcess:
 
 @pytest.fixture
 async def processes() -> AsyncIterator[list[ParleyProcess]]:
-    """Append :class:`ParleyProcess` objects here; whatever still runs is killed after."""
+    """Append :class:`ParleyProcess` objects here; whatever still runs is killed after (and
+    each one's log printed, which pytest shows when the test failed)."""
     started: list[ParleyProcess] = []
     yield started
     for p in started:
         await p.close()
+        print(p.log())
 
 
 @pytest.fixture
@@ -323,3 +325,27 @@ async def test_trainer_is_ready_pings_and_stops(
     assert keys_in_order(starting)[-1] == "READY"
     assert keys_in_order(serving) == ["WATCHDOG"]
     assert keys_in_order(stopping)[-1] == "STOPPING"
+
+
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+"""Starts its arguments with SIGINT ignored, as a shell starts a background job."""
+
+
+async def test_an_adapter_started_ignoring_sigint_still_stops_on_it(
+    redis: object, redis_url: str, workdir: Path, processes: list[ParleyProcess]
+) -> None:
+    port = free_port()
+    env = parley_env(workdir, redis_url)
+    web = ParleyProcess(
+        ["adapter", "web", "--port", str(port)], env, workdir, wrapper=IGNORING_SIGINT
+    )
+    processes.append(await web.start())
+    await web.notified("READY")
+    web.signal(signal.SIGINT)
+    await web.notified("STOPPING")
+    assert await web.wait() == 130, web.log()
