@@ -34,14 +34,8 @@ from typing import Any
 import torch
 
 from bench.baselines import char_rnn_loop, loop_tokens_per_s, nanogpt_generate
-from bench.serving import (
-    PLAIN,
-    Sizes,
-    bench_checkpoint,
-    engine_tokens_per_s,
-    followup_ttft_ms,
-    scheduler_for,
-)
+from bench.engine_runs import PLAIN, Sizes, bench_checkpoint, engine_tokens_per_s, scheduler_for
+from bench.followup import followup_ttft_ms
 from bench.train import Loop, matmul_peak, parley_step, reference_step
 from engine.checkpoint import Checkpoint
 from engine.models import LanguageModel, build_model, preset_config
