@@ -19,14 +19,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from adapters.discord.owed import DiscordOwed, owed_replies
-from bot import keys, wire
-from bot.queue import RequestConsumer
+from bot import keys
 from bot.settings import EngineSettings, RedisSettings, SamplingSettings, Settings
 from engine.checkpoint import Checkpoint
-from engine.serve.scheduler import Scheduler
-from engine.serve.worker import EngineWorker
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.discord_harness import World, adapter_settings, build_world, running_adapter
+from tests.integration.test_discord_engine import logged
+from tests.integration.test_engine_roundtrip import running_engine
 from tests.unit.engine_fixtures import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -216,36 +215,6 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "gru", "gru")
 
 
-@contextlib.asynccontextmanager
-async def running_engine(
-    redis: aioredis.Redis, settings: Settings, ckpt: Checkpoint
-) -> AsyncIterator[None]:
-    """The real engine worker serving ``ckpt`` until the block ends."""
-    scheduler = Scheduler(ckpt, settings.engine, settings.sampling, ckpt.model.device)
-    consumer = RequestConsumer(redis, settings.redis, consumer="tiny")
-    worker = EngineWorker(settings, redis, consumer, scheduler, "tiny")
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def logged(redis: aioredis.Redis, request_id: str) -> wire.Exchange:
-    """The exchange the engine logs for ``request_id`` (blocking reads until it is)."""
-    last = "0"
-    async with asyncio.timeout(60):
-        while True:
-            for _, entries in await redis.xread({keys.LOG_STREAM: last}, block=1000) or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    exchange = wire.decode_exchange(fields[keys.FIELD.encode()])
-                    if exchange.request_id == request_id:
-                        return exchange
-
-
 async def test_the_real_engine_answers_a_dead_process_and_its_reply_is_posted_once(
     world, redis, redis_url, redis_settings, tmp_path, ckpt
 ) -> None:
@@ -258,7 +227,7 @@ async def test_the_real_engine_answers_a_dead_process_and_its_reply_is_posted_on
             "sampling": SamplingSettings(max_new_tokens=60, temperature=1.0),
         }
     )
-    async with running_engine(redis, settings, ckpt):
+    async with running_engine(redis, settings, ckpt, "tiny"):
         exchange = await logged(redis, f"discord-m-{asked.id}")  # into the dead one's stream
         async with running_adapter(settings, redis):
 

@@ -15,6 +15,7 @@ from bot.queue import ParleyClient, RequestConsumer
 from bot.settings import EngineSettings, RedisSettings, Settings
 from bot.wire import ControlRequest, Delta, Done, Error, Sampling
 from engine.checkpoint import Checkpoint
+from engine.serve.replies import ReplyPicker
 from engine.serve.scheduler import Scheduler
 from engine.serve.worker import EngineWorker
 from tests.unit.engine_fixtures import tiny_checkpoint
@@ -24,9 +25,18 @@ GREEDY = Sampling(temperature=0.0, max_new_tokens=16)
 
 @contextlib.asynccontextmanager
 async def running_engine(
-    redis: aioredis.Redis, settings: Settings, ckpt: Checkpoint, worker_id: str = "w1"
+    redis: aioredis.Redis,
+    settings: Settings,
+    ckpt: Checkpoint,
+    worker_id: str = "w1",
+    *,
+    replies: ReplyPicker | None = None,
 ) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(ckpt, settings.engine, settings.sampling, ckpt.model.device)
+    """A real engine worker serving ``ckpt`` (in ``replies``' reply mode, if given) until the
+    block ends."""
+    scheduler = Scheduler(
+        ckpt, settings.engine, settings.sampling, ckpt.model.device, replies=replies
+    )
     consumer = RequestConsumer(redis, settings.redis, consumer=worker_id)
     worker = EngineWorker(settings, redis, consumer, scheduler, worker_id)
     stop = asyncio.Event()

@@ -4,23 +4,20 @@ line is the reply, it is stored like any other, and opting out reaches the engin
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from bot import engines, keys
-from bot.queue import ParleyClient, RequestConsumer
+from bot.queue import ParleyClient
 from bot.settings import EngineSettings, RedisSettings, ReplySettings, Settings
 from bot.store import ConversationStore
 from bot.wire import Delta, Done
 from engine.checkpoint import Checkpoint
 from engine.data.remembered import REPLIES_FILE, write_replies
 from engine.serve.replies import ReplyPicker
-from engine.serve.scheduler import Scheduler
-from engine.serve.worker import EngineWorker
+from tests.integration.test_engine_roundtrip import running_engine
 from tests.unit.engine_fixtures import tiny_checkpoint
 
 CONVERSATIONS = [
@@ -45,25 +42,6 @@ def ckpt(tmp_path: Path) -> Checkpoint:
     ckpt = tiny_checkpoint(tmp_path / "tiny", "gru")
     write_replies(ckpt.path / REPLIES_FILE, CONVERSATIONS)
     return ckpt
-
-
-@contextlib.asynccontextmanager
-async def running_engine(
-    redis: aioredis.Redis, settings: Settings, ckpt: Checkpoint
-) -> AsyncIterator[None]:
-    picker = ReplyPicker(settings.reply)
-    scheduler = Scheduler(
-        ckpt, settings.engine, settings.sampling, ckpt.model.device, replies=picker
-    )
-    consumer = RequestConsumer(redis, settings.redis, consumer="w1")
-    worker = EngineWorker(settings, redis, consumer, scheduler, "w1")
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def heartbeats_after(redis: aioredis.Redis, count: int) -> None:
@@ -92,7 +70,7 @@ async def test_remembered_replies_are_served_stored_and_honour_opt_outs(
     redis, settings, ckpt, make_chat
 ) -> None:
     async with (
-        running_engine(redis, settings, ckpt),
+        running_engine(redis, settings, ckpt, replies=ReplyPicker(settings.reply)),
         ParleyClient(redis, settings.redis, "test") as client,
     ):
         done, streamed = await ask(client, make_chat, "do you like tea?")
