@@ -217,11 +217,12 @@ def choose(
     recent_bot_lines: Sequence[str] = (),
     ranking: Ranking = "likelihood",
     repeat_penalty: float = 1.0,
+    prior_cache: MutableMapping[str, float] | None = None,
 ) -> Choice:
     """The best of ``candidates`` as a reply after ``prompt`` (which ends in ``<|bot|>``)."""
     scored = score(
         model, tokenizer, prompt, candidates, recent_bot_lines=recent_bot_lines,
-        with_prior=ranking == "pmi", repeat_penalty=repeat_penalty,
+        with_prior=ranking == "pmi", repeat_penalty=repeat_penalty, prior_cache=prior_cache,
     )  # fmt: skip
     return Choice(scored.best(ranking), scored.candidates, tuple(scored.ranked(ranking)))
 

@@ -25,14 +25,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from bot.safety import SafetyFilter
 from bot.settings import ReplySettings
 from bot.wire import Turn
 from engine.checkpoint import Checkpoint
 from engine.data.remembered import REPLIES_FILE, ReplyPair
-from engine.quality.candidates import ReplyIndex, score
+from engine.quality.candidates import ReplyIndex, choose
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,6 @@ PRIOR_CACHE_SIZE = 50_000
 RECENT_BOT_LINES = 3
 """The bot's last lines a candidate is penalised for repeating."""
 
-Source = Literal["generated", "remembered"]
-
 
 @dataclass(eq=False)
 class _Memory:
@@ -50,14 +47,6 @@ class _Memory:
 
     index: ReplyIndex | None
     priors: OrderedDict[str, float] = field(default_factory=OrderedDict)
-
-
-@dataclass(frozen=True)
-class Pick:
-    """The chosen reply and where it came from."""
-
-    text: str
-    source: Source
 
 
 class ReplyPicker:
@@ -84,22 +73,23 @@ class ReplyPicker:
         with self._lock:
             if checkpoint.version in self._memories:
                 return
+        index = None if self.mode == "generate" else self._load_index(checkpoint)
+        with self._lock:
+            self._memories.setdefault(checkpoint.version, _Memory(index))
+
+    def _load_index(self, checkpoint: Checkpoint) -> ReplyIndex | None:
         path = checkpoint.path / REPLIES_FILE
-        index = None
-        if self.mode == "generate":
-            pass
-        elif path.is_file():
-            index = ReplyIndex.from_file(path)
-            log.info("model %s remembers %d replies", checkpoint.version, index.size)
-        else:
+        if not path.is_file():
             log.warning(
                 "model %s has no %s: reply mode %r generates every reply",
                 checkpoint.version,
                 REPLIES_FILE,
                 self.mode,
             )
-        with self._lock:
-            self._memories.setdefault(checkpoint.version, _Memory(index))
+            return None
+        index = ReplyIndex.from_file(path)
+        log.info("model %s remembers %d replies", checkpoint.version, index.size)
+        return index
 
     def forget_model(self, version: str) -> None:
         """``version`` is no longer served: drop its index."""
@@ -137,19 +127,19 @@ class ReplyPicker:
         """The best of ``candidates`` after ``prompt`` (which ends in ``<|bot|>``)."""
         memory = self._memory(checkpoint)
         recent = [t.text for t in history if t.role == "bot"][-RECENT_BOT_LINES:]
-        scored = score(
+        chosen = choose(
             checkpoint.model,
             checkpoint.tokenizer,
             prompt,
             candidates,
             recent_bot_lines=recent,
-            with_prior=self.settings.ranking == "pmi",
+            ranking=self.settings.ranking,
             repeat_penalty=self.settings.repeat_penalty,
             prior_cache=memory.priors,
         )
         while len(memory.priors) > PRIOR_CACHE_SIZE:
             memory.priors.popitem(last=False)
-        return scored.best(self.settings.ranking)
+        return chosen.reply
 
     def _allowed(self, pair: ReplyPair) -> bool:
         if pair.author and pair.author in self._excluded:
