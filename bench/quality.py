@@ -14,8 +14,10 @@ ending in a user turn, it scores:
   ``generate`` (one sample, temperature 0.8), ``retrieve`` (the best of the ``k``
   remembered replies whose preceding turn best matches the message; a sample when none
   matches), ``hybrid`` (the best of ``n`` samples and those ``k``), ranked by the model's
-  length-normalised likelihood; and ``retrieve_pmi`` / ``hybrid_pmi``, the same ranked by
-  pointwise mutual information. Repeats of the bot's last lines lose 1 nat per token.
+  length-normalised likelihood; ``retrieve_pmi`` / ``hybrid_pmi``, the same ranked by
+  pointwise mutual information; and ``retrieve_fused`` / ``hybrid_fused``, ranked by PMI plus
+  ``lexical_weight`` x the TF-IDF cosine of conversation and reply (``[reply] ranking``'s
+  default). Repeats of the bot's last lines lose 1 nat per token.
 
 Per mode: the mean judge score, ``judge_preference`` (share of contexts where the judge
 scores the mode's reply above the random human reply; ties count against),
@@ -91,6 +93,8 @@ MODES: dict[str, tuple[str, str]] = {
     "hybrid": ("hybrid", "likelihood"),
     "retrieve_pmi": ("retrieve", "pmi"),
     "hybrid_pmi": ("hybrid", "pmi"),
+    "retrieve_fused": ("retrieve", "fused"),
+    "hybrid_fused": ("hybrid", "fused"),
 }
 """Each measured mode: ``[reply] mode`` and ``ranking``."""
 
@@ -99,7 +103,7 @@ def mode_name(settings: ReplySettings) -> str:
     """The name of the mode ``settings`` serve, as :data:`MODES` calls it."""
     if settings.mode == "generate":
         return "generate"
-    return settings.mode + ("_pmi" if settings.ranking == "pmi" else "")
+    return settings.mode + ("" if settings.ranking == "likelihood" else f"_{settings.ranking}")
 
 
 def served_replies(ckpt: Checkpoint, name: str, asks: Sequence[Ask], n: int, k: int) -> list[str]:
@@ -199,6 +203,7 @@ def run(opts: Options) -> dict[str, Any]:
             "temperature": 0.8,
             "max_new_tokens": MAX_NEW_TOKENS,
             "repeat_penalty_nats_per_token": ReplySettings().repeat_penalty,
+            "lexical_weight": ReplySettings().lexical_weight,
             "retrieval_index": "FTS5 over the checkpoint's remembered replies (training split)",
             "judge": Judge.name,
             "judge_input": "the user's last message vs the reply",

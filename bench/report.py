@@ -287,6 +287,8 @@ MODE_LABELS = {
     "retrieve_pmi": "`retrieve`, PMI",
     "hybrid": "`hybrid`, likelihood",
     "hybrid_pmi": "`hybrid`, PMI",
+    "retrieve_fused": "`retrieve`, fused",
+    "hybrid_fused": "`hybrid`, fused",
 }
 
 
@@ -341,7 +343,9 @@ def render_eval(name: str, r: dict[str, Any]) -> list[str]:
         f"**The model's own figures** — `parley eval {r['checkpoint']} --json` "
         f"({describe_run(name, r)}; test split, {r['contexts']} contexts): "
         f"{r['test_bpc']:.3f} bits/char; R@1 of 10 {r['r_at_1']:.3f} by likelihood, "
-        f"{r.get('r_at_1_pmi', float('nan')):.3f} by PMI, against a TF-IDF ranker's "
+        f"{r.get('r_at_1_pmi', float('nan')):.3f} by PMI, "
+        f"{r.get('r_at_1_fused', float('nan')):.3f} by PMI fused with TF-IDF (the served "
+        "ranking), against a TF-IDF ranker's "
         f"{r['r_at_1_tfidf']:.3f} (the floor) and chance's 0.100; "
         f"{r['word_validity']:.1%} of generated words valid (strict), replies of "
         f"{r['reply_chars']:.0f} characters, distinct-2 {r['distinct_2']:.2f}.",

@@ -11,8 +11,10 @@ measures them):
 The model's score of a candidate is its length-normalised log-likelihood given the
 conversation (:func:`engine.quality.relevance.reply_loglik`), or with ``ranking="pmi"`` that
 minus its likelihood without the conversation (which stops short generic lines winning
-everywhere, see :func:`engine.quality.relevance.pmi_scores`). A candidate that repeats one
-of the bot's recent lines loses ``repeat_penalty`` nats per token.
+everywhere, see :func:`engine.quality.relevance.pmi_scores`), or with ``ranking="fused"``
+PMI plus ``lexical_weight`` x the TF-IDF cosine of the conversation's turns and the candidate
+(:class:`~engine.quality.relevance.TfidfRanker`, fitted on the training split). A candidate
+that repeats one of the bot's recent lines loses ``repeat_penalty`` nats per token.
 
 The index holds whatever pairs it is given, each with its reply's author: callers build it
 from text that had opted-out users removed (the checkpoint's remembered replies,
@@ -32,11 +34,11 @@ from typing import Literal
 from engine.data.remembered import ReplyPair, read_reply_pairs
 from engine.data.words import words
 from engine.models import LanguageModel
-from engine.quality.relevance import PRIOR_PROMPT, reply_loglik, turns_of
+from engine.quality.relevance import PRIOR_PROMPT, TfidfRanker, reply_loglik, turns_of
 from engine.tokenizer import Tokenizer
 
 Mode = Literal["generate", "retrieve", "hybrid"]
-Ranking = Literal["likelihood", "pmi"]
+Ranking = Literal["likelihood", "pmi", "fused"]
 MODES: tuple[Mode, ...] = ("generate", "retrieve", "hybrid")
 
 SEARCH_ROWS_PER_REPLY = 4
@@ -130,27 +132,35 @@ def _by_count(term_count: tuple[str, int]) -> tuple[int, str]:
 @dataclass(frozen=True)
 class Scored:
     """Candidates with the model's scores: per-token log-likelihood given the conversation,
-    without it (``prior``, when asked for), and the repeat penalty each one carries."""
+    without it (``prior``, when asked for), the TF-IDF cosine of each with the conversation
+    (``lexical``, when asked for), and the repeat penalty each one carries."""
 
     candidates: tuple[str, ...]
     likelihood: tuple[float, ...]
     prior: tuple[float, ...] | None
     penalty: tuple[float, ...]
+    lexical: tuple[float, ...] | None = None
 
-    def ranked(self, ranking: Ranking) -> list[float]:
+    def ranked(self, ranking: Ranking, lexical_weight: float = 0.0) -> list[float]:
         """The score each candidate is ranked by (higher is better)."""
-        if ranking == "pmi":
+        if ranking == "likelihood":
+            base = list(self.likelihood)
+        else:
             if self.prior is None:
                 raise ValueError("PMI ranking needs the prior: score(..., with_prior=True)")
             base = [c - p for c, p in zip(self.likelihood, self.prior, strict=True)]
-        else:
-            base = list(self.likelihood)
+        if ranking == "fused":
+            if self.lexical is None:
+                raise ValueError("fused ranking needs the TF-IDF scores: score(..., lexical=)")
+            base = [b + lexical_weight * t for b, t in zip(base, self.lexical, strict=True)]
         return [b - p for b, p in zip(base, self.penalty, strict=True)]
 
-    def best(self, ranking: Ranking, among: Iterable[str] | None = None) -> str:
+    def best(
+        self, ranking: Ranking, among: Iterable[str] | None = None, lexical_weight: float = 0.0
+    ) -> str:
         """The best candidate, optionally only among ``among`` (which must hold one)."""
         allowed = None if among is None else set(among)
-        scores = self.ranked(ranking)
+        scores = self.ranked(ranking, lexical_weight)
         pool = [i for i, c in enumerate(self.candidates) if allowed is None or c in allowed]
         if not pool:
             raise ValueError("none of those candidates was scored")
@@ -165,13 +175,15 @@ def score(
     *,
     recent_bot_lines: Sequence[str] = (),
     with_prior: bool = False,
+    lexical: TfidfRanker | None = None,
     repeat_penalty: float = 1.0,
     prior_cache: MutableMapping[str, float] | None = None,
 ) -> Scored:
     """Score each distinct non-blank candidate as a reply after ``prompt`` (ending ``<|bot|>``).
 
     A candidate's prior does not depend on the conversation: with ``prior_cache`` (kept per
-    model by the caller) each is computed once.
+    model by the caller) each is computed once. With ``lexical``, each candidate's TF-IDF
+    cosine with the prompt's turns is computed too.
     """
     unique = tuple(c for c in dict.fromkeys(candidates) if c.strip())
     if not unique:
@@ -180,7 +192,10 @@ def score(
     prior = _priors(model, tokenizer, unique, prior_cache) if with_prior else None
     recent = {n for n in map(_normalise, recent_bot_lines) if n}
     penalty = tuple(repeat_penalty * (_normalise(c) in recent) for c in unique)
-    return Scored(unique, tuple(likelihood), None if prior is None else tuple(prior), penalty)
+    shared = None if lexical is None else tuple(lexical.scores(turns_of(prompt), unique))
+    return Scored(
+        unique, tuple(likelihood), None if prior is None else tuple(prior), penalty, shared
+    )
 
 
 def _priors(
@@ -216,15 +231,21 @@ def choose(
     *,
     recent_bot_lines: Sequence[str] = (),
     ranking: Ranking = "likelihood",
+    lexical: TfidfRanker | None = None,
+    lexical_weight: float = 0.0,
     repeat_penalty: float = 1.0,
     prior_cache: MutableMapping[str, float] | None = None,
 ) -> Choice:
-    """The best of ``candidates`` as a reply after ``prompt`` (which ends in ``<|bot|>``)."""
+    """The best of ``candidates`` as a reply after ``prompt`` (which ends in ``<|bot|>``);
+    ``fused`` ranking needs ``lexical``."""
     scored = score(
         model, tokenizer, prompt, candidates, recent_bot_lines=recent_bot_lines,
-        with_prior=ranking == "pmi", repeat_penalty=repeat_penalty, prior_cache=prior_cache,
+        with_prior=ranking != "likelihood", lexical=lexical if ranking == "fused" else None,
+        repeat_penalty=repeat_penalty, prior_cache=prior_cache,
     )  # fmt: skip
-    return Choice(scored.best(ranking), scored.candidates, tuple(scored.ranked(ranking)))
+    ranked = scored.ranked(ranking, lexical_weight)
+    best = max(range(len(ranked)), key=ranked.__getitem__)
+    return Choice(scored.candidates[best], scored.candidates, tuple(ranked))
 
 
 def _normalise(line: str) -> str:

@@ -8,7 +8,8 @@ candidate given the context (:func:`reply_loglik`: mean log-probability per toke
 candidate and its ``<|eot|>``). A TF-IDF ranker (cosine between the context and each
 candidate, the vectorizer fitted on the training text) is reported beside it as the floor,
 and so is the model ranking by pointwise mutual information (:func:`pmi_scores`), which
-shows how much of the context the model uses when generic replies are discounted.
+shows how much of the context the model uses when generic replies are discounted, and by PMI
+fused with the TF-IDF cosine (:func:`fused_scores`), the ranking the engine serves by default.
 
 A context ends in a user turn and the reply is the ``<|bot|>`` turn after it, the layout the
 engine serves (:func:`engine.data.formatting.format_prompt`). Ties count as misses, so a
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,18 +207,44 @@ def pmi_scores(
     ]
 
 
+def fused_scores(
+    pmi: Sequence[Sequence[float]], lexical: Sequence[Sequence[float]], weight: float
+) -> list[list[float]]:
+    """PMI plus ``weight`` x the TF-IDF cosine of context and candidate: the model's view of
+    fit and the words the two share, which rank true replies better together than either
+    alone (``[reply] ranking = "fused"``, :mod:`engine.quality.candidates`)."""
+    return [
+        [p + weight * t for p, t in zip(p_row, t_row, strict=True)]
+        for p_row, t_row in zip(pmi, lexical, strict=True)
+    ]
+
+
 # ------------------------------------------------------------------------- the TF-IDF floor
 
 
 class TfidfRanker:
     """Cosine similarity of TF-IDF vectors (word unigrams and bigrams, sublinear tf)."""
 
-    def __init__(self, training_texts: Sequence[str]) -> None:
-        turns = [text for t in training_texts for _, text in turns_of(t)]
-        if not turns:
+    def __init__(self, turns: Iterable[str]) -> None:
+        """Fitted on ``turns``, the training split's turn texts (each once): on the terms in
+        two or more of them, or in any where no term repeats (a tiny archive).
+        ``ValueError`` when they hold no word at all."""
+        texts = list(turns)
+        if not texts:
             raise ValueError("the TF-IDF ranker needs training text")
-        self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-        self._vectorizer.fit(turns)
+        for min_df in (2, 1):
+            self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min_df)
+            try:
+                self._vectorizer.fit(texts)
+                return
+            except ValueError:  # no term kept ("empty vocabulary")
+                continue
+        raise ValueError("the TF-IDF ranker's training text holds no words")
+
+    @classmethod
+    def from_conversations(cls, training_texts: Sequence[str]) -> TfidfRanker:
+        """Fitted on every turn of the formatted training conversations."""
+        return cls(text for t in training_texts for _, text in turns_of(t))
 
     def scores(self, context: Sequence[Turn], candidates: Sequence[str]) -> list[float]:
         matrix = self._vectorizer.transform([" ".join(t for _, t in context), *candidates])

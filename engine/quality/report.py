@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
+from bot.settings import ReplySettings
 from engine.models import LanguageModel
 from engine.quality.relevance import (
     TfidfRanker,
     build_examples,
+    fused_scores,
     model_scores,
     pmi_scores,
     prior_scores,
@@ -44,6 +46,9 @@ class QualityReport:
     r_at_1_tfidf: float | None
     """R@1 of 10 by TF-IDF cosine: the floor."""
     contexts: int
+    r_at_1_fused: float | None = None
+    """R@1 of 10 by PMI fused with the TF-IDF cosine: the ranking the engine serves
+    (``[reply] ranking = "fused"`` at the default ``lexical_weight``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,13 +74,15 @@ def evaluate_test(
         return QualityReport(loss.loss, loss.bpc, loss.tokens, None, None, None, 0)
     conditional = model_scores(model, tokenizer, examples)
     prior = prior_scores(model, tokenizer, examples)
-    tfidf = TfidfRanker(texts.train).rank_all(examples)
+    tfidf = TfidfRanker.from_conversations(texts.train).rank_all(examples)
+    pmi = pmi_scores(conditional, prior)
     return QualityReport(
         test_loss=loss.loss,
         test_bpc=loss.bpc,
         test_tokens=loss.tokens,
         r_at_1=r_at_1(conditional),
-        r_at_1_pmi=r_at_1(pmi_scores(conditional, prior)),
+        r_at_1_pmi=r_at_1(pmi),
         r_at_1_tfidf=r_at_1(tfidf),
         contexts=len(examples),
+        r_at_1_fused=r_at_1(fused_scores(pmi, tfidf, ReplySettings().lexical_weight)),
     )

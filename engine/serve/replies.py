@@ -12,10 +12,11 @@
 Remembered candidates honour consent and the safety filter at the moment they are served:
 nothing by a user who opted out or was forgotten (the worker keeps :meth:`exclude` up to date
 from Redis, and a ``/forget`` reaching this engine applies at once), nothing the filter
-blocks. The model's score is :mod:`engine.quality.candidates`' (likelihood or PMI, repeats of
-the bot's last lines penalised); it runs in the torch thread as one batched forward pass over
-the candidates, and a candidate's context-free likelihood (PMI's other half) is computed once
-per model and remembered.
+blocks. The score is :mod:`engine.quality.candidates`' (likelihood, PMI, or PMI fused with
+the TF-IDF cosine of conversation and candidate; repeats of the bot's last lines penalised);
+it runs in the torch thread as one batched forward pass over the candidates, and a
+candidate's context-free likelihood (PMI's other half) is computed once per model and
+remembered. The TF-IDF vectorizer is fitted on the model's remembered turns when they load.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from bot.safety import SafetyFilter
 from bot.settings import ReplySettings
 from bot.wire import Turn
 from engine.checkpoint import Checkpoint
-from engine.data.remembered import REPLIES_FILE, ReplyPair
-from engine.quality.candidates import ReplyIndex, choose
+from engine.data.remembered import REPLIES_FILE, ReplyPair, read_reply_pairs
+from engine.quality.candidates import Ranking, ReplyIndex, choose
+from engine.quality.relevance import TfidfRanker
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,11 @@ RECENT_BOT_LINES = 3
 
 @dataclass(eq=False)
 class _Memory:
-    """One model's remembered replies and the priors computed for it."""
+    """One model's remembered replies, the priors computed for it and, for ``fused``
+    ranking, the TF-IDF vectorizer fitted on its remembered turns."""
 
     index: ReplyIndex | None
+    lexical: TfidfRanker | None = None
     priors: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
 
@@ -73,11 +77,11 @@ class ReplyPicker:
         with self._lock:
             if checkpoint.version in self._memories:
                 return
-        index = None if self.mode == "generate" else self._load_index(checkpoint)
+        memory = _Memory(None) if self.mode == "generate" else self._load(checkpoint)
         with self._lock:
-            self._memories.setdefault(checkpoint.version, _Memory(index))
+            self._memories.setdefault(checkpoint.version, memory)
 
-    def _load_index(self, checkpoint: Checkpoint) -> ReplyIndex | None:
+    def _load(self, checkpoint: Checkpoint) -> _Memory:
         path = checkpoint.path / REPLIES_FILE
         if not path.is_file():
             log.warning(
@@ -86,10 +90,18 @@ class ReplyPicker:
                 REPLIES_FILE,
                 self.mode,
             )
-            return None
-        index = ReplyIndex.from_file(path)
+            return _Memory(None)
+        pairs = list(read_reply_pairs(path))
+        index = ReplyIndex(pairs)
         log.info("model %s remembers %d replies", checkpoint.version, index.size)
-        return index
+        if self.settings.ranking != "fused":
+            return _Memory(index)
+        turns = dict.fromkeys(text for p in pairs for text in (p.turn, p.reply))
+        try:
+            return _Memory(index, TfidfRanker(turns))
+        except ValueError as e:
+            log.warning("model %s: %s; ranking by PMI alone", checkpoint.version, e)
+            return _Memory(index)
 
     def forget_model(self, version: str) -> None:
         """``version`` is no longer served: drop its index."""
@@ -133,13 +145,21 @@ class ReplyPicker:
             prompt,
             candidates,
             recent_bot_lines=recent,
-            ranking=self.settings.ranking,
+            ranking=self._ranking(memory),
+            lexical=memory.lexical,
+            lexical_weight=self.settings.lexical_weight,
             repeat_penalty=self.settings.repeat_penalty,
             prior_cache=memory.priors,
         )
         while len(memory.priors) > PRIOR_CACHE_SIZE:
             memory.priors.popitem(last=False)
         return chosen.reply
+
+    def _ranking(self, memory: _Memory) -> Ranking:
+        """The configured ranking; ``fused`` falls back to PMI for a model that remembers
+        nothing (no turns to fit the TF-IDF vectorizer on)."""
+        ranking = self.settings.ranking
+        return "pmi" if ranking == "fused" and memory.lexical is None else ranking
 
     def _allowed(self, pair: ReplyPair) -> bool:
         if pair.author and pair.author in self._excluded:

@@ -223,8 +223,9 @@ def _print_report(report: EvalReport, test: QualityReport) -> None:
     click.echo(f"val bpc        {report.val_bpc:.4f} bits/char")
     click.echo(f"test bpc       {_num(test.test_bpc, 4)} bits/char ({test.test_tokens:,} tokens)")
     click.echo(
-        f"R@1 of 10      {_num(test.r_at_1, 3)} (PMI {_num(test.r_at_1_pmi, 3)}, TF-IDF floor "
-        f"{_num(test.r_at_1_tfidf, 3)}; {test.contexts} test contexts)"
+        f"R@1 of 10      {_num(test.r_at_1, 3)} (PMI {_num(test.r_at_1_pmi, 3)}, served ranking "
+        f"{_num(test.r_at_1_fused, 3)}, TF-IDF floor {_num(test.r_at_1_tfidf, 3)}; "
+        f"{test.contexts} test contexts)"
     )
     click.echo(f"word validity  {100 * report.word_validity:.1f}% (strict)")
     click.echo(f"reply length   {report.reply_chars:.1f} characters")

@@ -9,7 +9,7 @@ from engine.data.formatting import format_turns
 from engine.data.remembered import ReplyPair
 from engine.models import ModelConfig, build_model
 from engine.quality.candidates import ReplyIndex, choose, score
-from engine.quality.relevance import PRIOR_PROMPT, reply_loglik
+from engine.quality.relevance import PRIOR_PROMPT, TfidfRanker, reply_loglik
 from engine.tokenizer import train_char_tokenizer
 
 TEXTS = [
@@ -113,3 +113,39 @@ def test_retrieval_leaves_out_what_allow_refuses() -> None:
     kept = index.search("tea", 5, allow=lambda p: p.author != "user2" and "3" not in p.reply)
     assert sorted(kept) == ["tea reply 0", "tea reply 1", "tea reply 4"]
     index.close()
+
+
+def test_fused_ranking_adds_the_shared_words_to_pmi() -> None:
+    model, tokenizer = _tiny()
+    ranker = TfidfRanker([*CANDIDATES, *CANDIDATES])  # every candidate's words kept (df 2)
+    prompt = "<|user|>sunny today, any hiking?<|eot|><|bot|>"
+    pmi = choose(model, tokenizer, prompt, CANDIDATES, ranking="pmi")  # type: ignore[arg-type]
+    lexical = ranker.scores([("user", "sunny today, any hiking?")], CANDIDATES)
+    assert lexical[2] > 0 == max(lexical[:2] + lexical[3:])  # only the hiking line shares words
+    got = choose(
+        model, tokenizer, prompt, CANDIDATES, ranking="fused", lexical=ranker,  # type: ignore[arg-type]
+        lexical_weight=2.5,
+    )  # fmt: skip
+    assert got.scores == pytest.approx(
+        [p + 2.5 * t for p, t in zip(pmi.scores, lexical, strict=True)]
+    )
+    # A large weight lets the shared words decide.
+    words_win = choose(
+        model, tokenizer, prompt, CANDIDATES, ranking="fused", lexical=ranker,  # type: ignore[arg-type]
+        lexical_weight=1000.0,
+    )  # fmt: skip
+    assert words_win.reply == "hiking if it's sunny"
+
+
+def test_the_tfidf_ranker_fits_a_tiny_archive_and_refuses_no_words() -> None:
+    tiny = TfidfRanker(["green tea", "hiking"])  # no term in two turns: all of them kept
+    assert tiny.scores([("user", "tea?")], ["green tea", "hiking"])[0] > 0
+    with pytest.raises(ValueError, match="no words"):
+        TfidfRanker(["!!", "?"])
+
+
+def test_fused_ranking_needs_the_tfidf_scores() -> None:
+    model, tokenizer = _tiny()
+    scored = score(model, tokenizer, PROMPT, CANDIDATES, with_prior=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="TF-IDF"):
+        scored.ranked("fused", 1.0)

@@ -43,7 +43,14 @@ def test_eval_json_reports_the_test_split(tmp_path: Path) -> None:
     )
     assert ran.exit_code == 0, ran.output
     report = json.loads(ran.output)
-    for key in ("test_bpc", "r_at_1", "r_at_1_tfidf", "word_validity", "reply_chars"):
+    for key in (
+        "test_bpc",
+        "r_at_1",
+        "r_at_1_tfidf",
+        "r_at_1_fused",
+        "word_validity",
+        "reply_chars",
+    ):
         assert isinstance(report[key], float), key
     assert 0.0 <= report["r_at_1"] <= 1.0 and 0.0 <= report["r_at_1_tfidf"] <= 1.0
     assert report["contexts"] > 0 and report["test_bpc"] > 0

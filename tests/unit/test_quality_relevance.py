@@ -106,7 +106,7 @@ def test_pmi_subtracts_the_context_free_likelihood() -> None:
 
 
 def test_tfidf_ranks_the_candidate_sharing_the_context_words_first() -> None:
-    ranker = TfidfRanker(CONVERSATIONS)
+    ranker = TfidfRanker.from_conversations(CONVERSATIONS)
     ex = SelectionExample(
         (("user", "question 3 about jazz"),),
         ("answer 3 on jazz", "yes, tea 5", "answer 6 on bikes"),
