@@ -233,7 +233,9 @@ class TfidfRanker:
         if not texts:
             raise ValueError("the TF-IDF ranker needs training text")
         for min_df in (2, 1):
-            self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min_df)
+            self._vectorizer = TfidfVectorizer(
+                ngram_range=(1, 2), sublinear_tf=True, min_df=min_df, dtype=np.float32
+            )
             try:
                 self._vectorizer.fit(texts)
                 return

@@ -34,7 +34,10 @@ def test_quality_bench_quick_prints_every_mode_and_the_judge_figures(
     assert quality_bench.main([*argv, "--note", "smoke"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == printed
-    assert set(printed["modes"]) == {"generate", "retrieve", "hybrid", "retrieve_pmi", "hybrid_pmi"}
+    assert set(printed["modes"]) == {
+        "generate", "retrieve", "hybrid", "retrieve_pmi", "hybrid_pmi", "retrieve_fused",
+        "hybrid_fused",
+    }  # fmt: skip
     for figures in printed["modes"].values():
         assert 0.0 <= figures["judge_preference"] <= 1.0
         assert -1.0 <= figures["judge_score"] <= 1.0
