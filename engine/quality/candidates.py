@@ -34,7 +34,14 @@ from typing import Literal
 from engine.data.remembered import ReplyPair, read_reply_pairs
 from engine.data.words import words
 from engine.models import LanguageModel
-from engine.quality.relevance import PRIOR_PROMPT, TfidfRanker, reply_loglik, turns_of
+from engine.quality.relevance import (
+    PRIOR_PROMPT,
+    TfidfRanker,
+    fused,
+    pmi,
+    reply_loglik,
+    turns_of,
+)
 from engine.tokenizer import Tokenizer
 
 Mode = Literal["generate", "retrieve", "hybrid"]
@@ -145,26 +152,15 @@ class Scored:
         """The score each candidate is ranked by (higher is better)."""
         if ranking == "likelihood":
             base = list(self.likelihood)
+        elif self.prior is None:
+            raise ValueError("PMI ranking needs the prior: score(..., with_prior=True)")
         else:
-            if self.prior is None:
-                raise ValueError("PMI ranking needs the prior: score(..., with_prior=True)")
-            base = [c - p for c, p in zip(self.likelihood, self.prior, strict=True)]
+            base = pmi(self.likelihood, self.prior)
         if ranking == "fused":
             if self.lexical is None:
                 raise ValueError("fused ranking needs the TF-IDF scores: score(..., lexical=)")
-            base = [b + lexical_weight * t for b, t in zip(base, self.lexical, strict=True)]
+            base = fused(base, self.lexical, lexical_weight)
         return [b - p for b, p in zip(base, self.penalty, strict=True)]
-
-    def best(
-        self, ranking: Ranking, among: Iterable[str] | None = None, lexical_weight: float = 0.0
-    ) -> str:
-        """The best candidate, optionally only among ``among`` (which must hold one)."""
-        allowed = None if among is None else set(among)
-        scores = self.ranked(ranking, lexical_weight)
-        pool = [i for i, c in enumerate(self.candidates) if allowed is None or c in allowed]
-        if not pool:
-            raise ValueError("none of those candidates was scored")
-        return self.candidates[max(pool, key=lambda i: scores[i])]
 
 
 def score(

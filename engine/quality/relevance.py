@@ -195,28 +195,32 @@ def prior_scores(
     return [reply_loglik(model, tokenizer, PRIOR_PROMPT, ex.candidates) for ex in examples]
 
 
-def pmi_scores(
-    conditional: Sequence[Sequence[float]], prior: Sequence[Sequence[float]]
-) -> list[list[float]]:
-    """Per-token pointwise mutual information: how much the context raised each candidate's
-    likelihood. Raw likelihood favours short, generic replies ("yes", "lol") in any context;
-    subtracting the context-free likelihood cancels that."""
-    return [
-        [c - p for c, p in zip(c_row, p_row, strict=True)]
-        for c_row, p_row in zip(conditional, prior, strict=True)
-    ]
+def pmi(conditional: Sequence[float], prior: Sequence[float]) -> list[float]:
+    """Per-token pointwise mutual information of one context's candidates: how much the
+    context raised each one's likelihood. Raw likelihood favours short, generic replies
+    ("yes", "lol") in any context; subtracting the context-free likelihood cancels that."""
+    return [c - p for c, p in zip(conditional, prior, strict=True)]
 
 
-def fused_scores(
-    pmi: Sequence[Sequence[float]], lexical: Sequence[Sequence[float]], weight: float
-) -> list[list[float]]:
+def fused(pmi_row: Sequence[float], lexical: Sequence[float], weight: float) -> list[float]:
     """PMI plus ``weight`` x the TF-IDF cosine of context and candidate: the model's view of
     fit and the words the two share, which rank true replies better together than either
     alone (``[reply] ranking = "fused"``, :mod:`engine.quality.candidates`)."""
-    return [
-        [p + weight * t for p, t in zip(p_row, t_row, strict=True)]
-        for p_row, t_row in zip(pmi, lexical, strict=True)
-    ]
+    return [p + weight * t for p, t in zip(pmi_row, lexical, strict=True)]
+
+
+def pmi_scores(
+    conditional: Sequence[Sequence[float]], prior: Sequence[Sequence[float]]
+) -> list[list[float]]:
+    """:func:`pmi` of every example, row by row."""
+    return [pmi(c, p) for c, p in zip(conditional, prior, strict=True)]
+
+
+def fused_scores(
+    pmi_rows: Sequence[Sequence[float]], lexical: Sequence[Sequence[float]], weight: float
+) -> list[list[float]]:
+    """:func:`fused` of every example, row by row."""
+    return [fused(p, t, weight) for p, t in zip(pmi_rows, lexical, strict=True)]
 
 
 # ------------------------------------------------------------------------- the TF-IDF floor

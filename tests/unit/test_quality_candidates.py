@@ -81,17 +81,12 @@ def test_no_candidates_is_a_value_error() -> None:
         choose(model, tokenizer, PROMPT, ["", " "])  # type: ignore[arg-type]
 
 
-def test_the_best_among_a_subset_and_pmi_needs_the_prior() -> None:
+def test_pmi_ranking_needs_the_prior() -> None:
     model, tokenizer = _tiny()
     scored = score(model, tokenizer, PROMPT, CANDIDATES)  # type: ignore[arg-type]
-    ranked = scored.ranked("likelihood")
-    subset = CANDIDATES[2:]
-    want = max(subset, key=lambda c: ranked[CANDIDATES.index(c)])
-    assert scored.best("likelihood", among=subset) == want
-    with pytest.raises(ValueError):
-        scored.best("likelihood", among=["not a candidate"])
-    with pytest.raises(ValueError):
-        scored.best("pmi")
+    assert len(scored.ranked("likelihood")) == len(CANDIDATES)
+    with pytest.raises(ValueError, match="prior"):
+        scored.ranked("pmi")
 
 
 def test_retrieval_keeps_accents_and_queries_by_the_rarest_words() -> None:
